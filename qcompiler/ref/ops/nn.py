@@ -1,0 +1,5 @@
+"""Neural-network ops: convolution, dense, pooling, normalisation."""
+
+import numpy as np
+
+from ..registry import op
