@@ -1,3 +1,3 @@
 """Importing this package registers every op with the reference executor."""
 
-from . import elementwise, nn, tensor  # noqa: F401
+from . import elementwise, lowbit, nn, quant, tensor  # noqa: F401
