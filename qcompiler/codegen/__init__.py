@@ -1,1 +1,1 @@
-"""."""
+"""Code generation: lowering to TVM kernels, the AOT executor, packaging."""
