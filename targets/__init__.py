@@ -38,6 +38,7 @@ class Target:
     cflags: Tuple[str, ...] = ()
     emulator: Tuple[str, ...] = ()   # command prefix to run a binary of this target on x86 hosts
     emulator_package: str = ""
+    emulator_cpu: str = ""           # qemu -cpu model: the board's own core, so foreign instructions trap
     cores: int = 1
     docs: str = ""
     base: str = ""
@@ -49,6 +50,14 @@ class Target:
             raise TargetError(f"target {self.name!r}: os must be linux or android, got {self.os!r}")
         if self.vector_bits not in (0, 64, 128, 256, 512):
             raise TargetError(f"target {self.name!r}: vector_bits {self.vector_bits} is not 64..512")
+        if self.float_abi not in (None, "hard", "soft"):
+            raise TargetError(f"target {self.name!r}: float_abi must be 'hard' or 'soft', got {self.float_abi!r}")
+        if not self.cc:
+            raise TargetError(f"target {self.name!r}: cc (the C compiler command) is empty")
+        if self.cores < 1:
+            raise TargetError(f"target {self.name!r}: cores must be >= 1, got {self.cores}")
+        if self.emulator_cpu and not self.emulator:
+            raise TargetError(f"target {self.name!r}: emulator_cpu is set but there is no emulator")
 
     def has(self, feature: str) -> bool:
         return feature in self.features
@@ -70,6 +79,16 @@ class Target:
             spec["num-cores"] = self.cores
         return tvm.target.Target(spec)
 
+    @property
+    def links_binaries(self) -> bool:
+        """Can this machine link shared libraries and executables for the target?
+
+        False for Android: that link needs the NDK's bionic libc, so an Android module is objects, a
+        static archive and a header for the app's NDK build (the C parts are compiled with the Debian
+        cross gcc, ``-c`` only).
+        """
+        return self.os == "linux"
+
     def runs_natively(self) -> bool:
         """Can the machine we run on execute this target's code directly?"""
         host = platform.machine().lower()
@@ -88,20 +107,36 @@ class Target:
         return exe
 
     def find_emulator(self) -> Optional[List[str]]:
+        """Command prefix that runs a binary of this target here: None when it runs natively,
+        else the emulator (qemu-user) command with the board's ``-cpu``; a TargetError when the
+        target cannot run here at all (Android, AVX-512 on a CPU without it) or qemu is missing."""
         if self.runs_natively():
             return None
+        if self.os == "android":
+            raise TargetError(f"target {self.name!r} builds for Android, which cannot run on this machine: "
+                              f"link the module's archive into an app with the NDK (see its README.md), or "
+                              f"build the same model for the matching Linux target to test it under qemu")
         if not self.emulator:
-            raise TargetError(f"target {self.name!r} cannot run on this machine and has no emulator")
+            raise TargetError(f"target {self.name!r} cannot run on this machine (it lacks "
+                              f"{', '.join(self.features) or 'the ISA'}) and has no emulator")
         if shutil.which(self.emulator[0]) is None:
             pkg = f" (apt-get install {self.emulator_package})" if self.emulator_package else ""
             raise TargetError(f"running target {self.name!r} here needs {self.emulator[0]!r}, which is "
                               f"not installed{pkg}")
-        return list(self.emulator)
+        return list(self.emulator_command())
+
+    def emulator_command(self) -> Tuple[str, ...]:
+        """The emulator command prefix as configured (empty if none), ``-cpu`` included."""
+        if not self.emulator:
+            return ()
+        cpu = ("-cpu", self.emulator_cpu) if self.emulator_cpu else ()
+        return (self.emulator[0],) + cpu + tuple(self.emulator[1:])
 
     def summary(self) -> Dict[str, object]:
         return {"name": self.name, "family": self.family, "triple": self.mtriple, "mcpu": self.mcpu,
-                "features": list(self.features), "vector_bits": self.vector_bits, "os": self.os,
-                "description": self.description}
+                "mattr": list(self.mattr), "features": list(self.features), "vector_bits": self.vector_bits,
+                "os": self.os, "cores": self.cores, "cc": list(self.cc), "cflags": list(self.cflags),
+                "emulator": list(self.emulator_command()), "description": self.description}
 
 
 def _read(name: str) -> dict:
@@ -172,6 +207,11 @@ def _host_supports(features) -> bool:
     return all(need[f] in have for f in features if f in need)
 
 
+# x86 SIMD features whose presence changes the kernels LLVM emits (LLVM feature names).
+_X86_SIMD = ("sse4.2", "popcnt", "avx", "avx2", "fma", "f16c", "bmi2", "avx512f", "avx512bw", "avx512dq",
+             "avx512vl", "avx512vnni", "avx512vpopcntdq", "avx512bitalg", "avxvnni")
+
+
 def _host_target() -> Target:
     import llvmlite.binding as llvm
 
@@ -183,12 +223,16 @@ def _host_target() -> Target:
                                         ("vpopcntdq", "avx512vpopcntdq"), ("vnni", "avx512vnni"))
                  if llvm_name in have]
         vec = 512 if "avx512" in feats else (256 if "avx2" in feats else 128)
+        # The CPU name alone would let LLVM assume every feature of that model; a VM may mask some
+        # (often AVX-512), so state each SIMD feature that kernels depend on explicitly.
+        mattr = tuple(("+" if f in have else "-") + f for f in _X86_SIMD)
         return Target(name="host", description=f"this machine ({cpu})", family="x86",
-                      mtriple="x86_64-linux-gnu", mcpu=cpu, features=tuple(feats), vector_bits=vec,
+                      mtriple="x86_64-linux-gnu", mcpu=cpu, mattr=mattr, features=tuple(feats),
+                      vector_bits=vec, cc=("cc",), cc_package="gcc", cflags=("-O2", "-fPIC"),
                       cores=os.cpu_count() or 1)
     if arch == "aarch64":
         feats = ["neon"] + (["dotprod"] if "dotprod" in have else [])
         return Target(name="host", description=f"this machine ({cpu})", family="arm",
                       mtriple="aarch64-linux-gnu", mcpu=cpu, mattr=("+neon",), features=tuple(feats),
-                      cores=os.cpu_count() or 1)
+                      cc=("cc",), cc_package="gcc", cflags=("-O2", "-fPIC"), cores=os.cpu_count() or 1)
     raise TargetError(f"host detection does not know architecture {arch!r}; pass a named target")

@@ -18,8 +18,9 @@ from onnx import numpy_helper
 from ..errors import ModelError, QCompilerError, ShapeError, UnsupportedError
 from ..ir import Graph, Node, Value
 from ..ref import get_op, infer_outputs
-from ..ref.registry import has_op
-from .normalize import NORMALIZERS, REMOVED_OPS, SUPPORTED_ONNX_OPS, attr_dict, with_defaults
+from ..ir.types import DTYPES
+from .normalize import (NORMALIZERS, REMOVED_OPS, SUPPORTED_ONNX_OPS, attr_dict, const_input,
+                        numpy_dtype, with_defaults)
 
 MIN_OPSET = 11
 MAX_OPSET = onnx.defs.onnx_opset_version()
@@ -183,15 +184,15 @@ def _value_info_type(vi: onnx.ValueInfoProto, override: Optional[Sequence[int]])
             if d.HasField("dim_value") and d.dim_value != s:
                 raise ShapeError(f"input {vi.name!r}: input_shapes gives {list(shape)} but the model "
                                  f"fixes a dimension to {d.dim_value}")
-        if any(s <= 0 for s in shape):
-            raise ShapeError(f"input {vi.name!r}: dimensions must be positive, got {list(shape)}")
+        if any(s < 0 for s in shape):
+            raise ShapeError(f"input {vi.name!r}: dimensions must be >= 0, got {list(shape)}")
         return shape, dtype
     if not tt.HasField("shape"):
         raise ShapeError(f"input {vi.name!r} has no shape in the model; give it with "
                          f"input_shapes={{{vi.name!r}: (...)}} (CLI: --input-shape {vi.name}=1,3,224,224)")
     shape = []
     for d in tt.shape.dim:
-        if d.HasField("dim_value") and d.dim_value > 0:
+        if d.HasField("dim_value") and d.dim_value >= 0:
             shape.append(d.dim_value)
         else:
             dims = [x.dim_value if x.HasField("dim_value") else (x.dim_param or "?") for x in tt.shape.dim]
@@ -201,28 +202,16 @@ def _value_info_type(vi: onnx.ValueInfoProto, override: Optional[Sequence[int]])
     return tuple(shape), dtype
 
 
-_ONNX_TO_NP = {
-    onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
-    onnx.TensorProto.DOUBLE: "float64", onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8",
-    onnx.TensorProto.INT16: "int16", onnx.TensorProto.UINT16: "uint16", onnx.TensorProto.INT32: "int32",
-    onnx.TensorProto.UINT32: "uint32", onnx.TensorProto.INT64: "int64", onnx.TensorProto.UINT64: "uint64",
-    onnx.TensorProto.BOOL: "bool",
-}
-
-
 def _onnx_dtype(elem_type: int, where: str) -> str:
-    try:
-        return _ONNX_TO_NP[elem_type]
-    except KeyError:
-        name = onnx.TensorProto.DataType.Name(elem_type) if elem_type in onnx.TensorProto.DataType.values() else elem_type
-        raise UnsupportedError(f"{where} has element type {name}, which qcompiler does not support") from None
+    return numpy_dtype(elem_type, where)
 
 
 def _canonical_array(arr: np.ndarray, where: str) -> np.ndarray:
     arr = np.asarray(arr)
-    if arr.dtype.kind not in "fiub":
-        raise UnsupportedError(f"{where} has dtype {arr.dtype}, which qcompiler does not support")
-    return np.ascontiguousarray(arr)
+    if str(arr.dtype) not in DTYPES:
+        raise UnsupportedError(f"{where} uses dtype {arr.dtype}, which qcompiler does not support "
+                               f"(supported: {', '.join(DTYPES)})")
+    return arr if arr.flags.c_contiguous else arr.copy(order="C")  # (ascontiguousarray makes 0-d 1-d)
 
 
 def _import_node(graph: Graph, node: onnx.NodeProto, opset: int, index: int) -> None:
@@ -244,6 +233,8 @@ def _import_node(graph: Graph, node: onnx.NodeProto, opset: int, index: int) -> 
         graph.add_const(outputs[0], _canonical_array(_constant_value(attrs, where), where))
         return
     if node.op_type in REMOVED_OPS:  # Identity, Dropout (inference): alias the output
+        if node.op_type == "Dropout":
+            _check_dropout_inference(graph, inputs, attrs, where)
         src = graph.values[inputs[0]]
         if src.is_const:
             graph.add_const(outputs[0], src.data)
@@ -259,6 +250,8 @@ def _import_node(graph: Graph, node: onnx.NodeProto, opset: int, index: int) -> 
     in_descr = [None if not i else _describe(graph.values[i]) for i in inputs]
     try:
         attrs = with_defaults(node.op_type, opset, attrs, where)
+        if node.op_type == "Split" and attrs.get("num_outputs") is None:
+            attrs["num_outputs"] = len(outputs)  # before opset 18 the node's outputs say how many
         if normalize is not None:
             ir_op, inputs, attrs = normalize(graph, inputs, attrs, opset, where)
         else:
@@ -269,21 +262,54 @@ def _import_node(graph: Graph, node: onnx.NodeProto, opset: int, index: int) -> 
         raise
     except Exception as e:
         raise ModelError(f"{where}: cannot import: {type(e).__name__}: {e}") from None
-    outputs = [o for o in outputs][: len(out_types)] if len(outputs) > len(out_types) else outputs
+    extra = [o for o in outputs[len(out_types):] if o]
+    if extra:
+        raise UnsupportedError(f"{where}: outputs {extra} are not supported (qcompiler's {ir_op} "
+                               f"gives {len(out_types)} output(s); training-only outputs are not "
+                               "computed)")
+    outputs = outputs[: len(out_types)]
 
-    all_const = all(d is None or d[2] is not None for d in in_descr) and has_op(ir_op)
-    if all_const and inputs:
-        arrays = [None if d is None else d[2] for d in in_descr]
+    all_const = all(d is None or d[2] is not None for d in in_descr)
+    if ir_op in SHAPE_ONLY_OPS or (all_const and inputs):
+        # fold: either every input is constant, or the result depends on input shapes only
+        arrays = [None if d is None else (d[2] if d[2] is not None else
+                                          np.broadcast_to(np.zeros((), d[1]), d[0])) for d in in_descr]
         with np.errstate(all="ignore"):
-            results = get_op(ir_op).compute(arrays, attrs)
+            results = _compute(ir_op, arrays, attrs, where)
         for o, arr in zip(outputs, results):
             if o:
-                graph.add_const(o, np.ascontiguousarray(arr))
+                graph.add_const(o, _canonical_array(arr, f"{where} output {o!r}"))
         return
     for o, (shape, dtype) in zip(outputs, out_types):
         if o:
             graph.add_value(Value(o, shape, dtype))
     graph.add_node(Node(ir_op, name, inputs, [o for o in outputs], attrs))
+
+
+#: IR ops whose result depends only on the shapes of their inputs: always folded at import.
+SHAPE_ONLY_OPS = frozenset({"Shape"})
+
+
+def _compute(ir_op: str, arrays, attrs: Dict, where: str):
+    """Constant-fold one node with the reference executor, with errors that name the node."""
+    try:
+        return get_op(ir_op).compute(arrays, attrs)
+    except QCompilerError as e:
+        raise type(e)(f"{where}: {e}") from None
+    except (ValueError, IndexError, TypeError) as e:
+        raise ShapeError(f"{where}: cannot fold constant inputs: {e}") from None
+
+
+def _check_dropout_inference(graph: Graph, inputs: List[str], attrs: Dict, where: str) -> None:
+    """Dropout imports as Identity only in inference mode (training_mode absent or constant False)
+    or when its ratio is a constant 0."""
+    training = const_input(graph, inputs, 2, where, "training_mode")
+    if training is not None and bool(np.asarray(training).reshape(-1)[0]):
+        ratio = const_input(graph, inputs, 1, where, "ratio")
+        if ratio is not None and float(np.asarray(ratio).reshape(-1)[0]) == 0.0:
+            return  # dropping nothing: the identity even in training mode
+        raise UnsupportedError(f"{where}: Dropout in training mode (random masks) is not supported; "
+                               "export the model in eval mode")
 
 
 def _describe(v: Value):

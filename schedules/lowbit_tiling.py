@@ -1,0 +1,170 @@
+"""The register-tiled schedule shared by the binary/bitserial kernels of every ISA family.
+
+Shape of the inner loop (an outer product in the popcount semiring): a tile of ``spatial_tile``
+output pixels (conv: consecutive ``ow``; dense: rows ``m``) times ``o_vectors`` vectors of ``lanes``
+output channels. Per input word, each pixel's word is broadcast, XORed (ANDed for bitserial) with
+``o_vectors`` weight vectors, popcounted and added to ``spatial_tile * o_vectors`` accumulator
+registers; no horizontal reduction is ever needed. The family files (``schedules/<family>/binary.py``)
+choose the knobs per ISA and keep their measured defaults next to them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from qcompiler.errors import ConfigError
+
+from .compute_lowbit import (LowbitConvWorkload, LowbitDenseWorkload, LowbitKernel, kernel_params,
+                             lowbit_conv_compute, lowbit_dense_compute, prepare_conv_constants,
+                             prepare_dense_constants)
+
+PARALLEL = ("outer", "none")
+
+
+@dataclass(frozen=True)
+class LowbitConfig:
+    """Schedule knobs (what a tuner searches).
+
+    lanes: output channels per vector register (= vector bits / word bits; 1 = scalar popcount).
+    o_vectors: vectors of output channels per register tile.
+    spatial_tile: output pixels (conv, along ow) or rows (dense) per register tile.
+    unroll_reduce: fully unroll the innermost reduction loop (packed words of one tap).
+    unroll_taps: also unroll the kernel-window loops (pays off when a tap is only a few words).
+    parallel: "outer" = a TVM parallel loop over the outermost tile loop, "none" = serial.
+    """
+
+    lanes: int = 8
+    o_vectors: int = 2
+    spatial_tile: int = 4
+    unroll_reduce: bool = True
+    unroll_taps: bool = False
+    parallel: str = "outer"
+
+    def __post_init__(self):
+        for name in ("lanes", "o_vectors", "spatial_tile"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1 or v > 64:
+                raise ConfigError(f"schedule knob {name} must be an int in 1..64, got {v!r}")
+        if self.lanes & (self.lanes - 1):
+            raise ConfigError(f"lanes must be a power of two, got {self.lanes}")
+        if self.parallel not in PARALLEL:
+            raise ConfigError(f"parallel must be one of {PARALLEL}, got {self.parallel!r}")
+
+    def as_dict(self):
+        return asdict(self)
+
+    def replace(self, **kw) -> "LowbitConfig":
+        d = asdict(self)
+        d.update(kw)
+        return LowbitConfig(**d)
+
+
+def _fit_lanes(cfg: LowbitConfig, channels_per_group: int, groups: int) -> LowbitConfig:
+    """Grouped convs need the channel block inside one group: shrink lanes/o_vectors to divide it."""
+    if groups == 1:
+        return cfg
+    lanes = cfg.lanes
+    while lanes > 1 and channels_per_group % lanes:
+        lanes //= 2
+    ov = cfg.o_vectors
+    while ov > 1 and channels_per_group % (lanes * ov):
+        ov -= 1
+    return cfg.replace(lanes=lanes, o_vectors=ov)
+
+
+def schedule_conv(wl: LowbitConvWorkload, cfg: LowbitConfig, weights, epilogue_inputs, impl: str
+                  ) -> LowbitKernel:
+    """Build the scheduled PrimFunc of a low-bit conv (see the module docstring for the loop nest)."""
+    from tvm import te, s_tir
+
+    cfg = _fit_lanes(cfg, wl.geom.og, wl.geom.groups)
+    ov = cfg.lanes * cfg.o_vectors  # weight blocking = whole register tile of channels
+    st = lowbit_conv_compute(wl, ov, cfg.spatial_tile)
+    consts = prepare_conv_constants(wl, ov, weights, epilogue_inputs)
+    func = te.create_prim_func(st.params)
+    sch = s_tir.Schedule(func)
+    pop = sch.get_sblock("pop")
+    out = sch.get_sblock("out")
+    loops = sch.get_loops(pop)
+    n, o, oh, ow = loops[:4]
+    red = loops[4:]
+    oo, ot, ol = sch.split(o, [None, cfg.o_vectors, cfg.lanes])
+    owo, owi = sch.split(ow, [None, cfg.spatial_tile])
+    sch.reorder(n, oh, owo, oo, *red, owi, ot, ol)
+    sch.set_scope(pop, 0, "local")
+    if "xsum" in st.extra:
+        # the activation-sum term of offset weights, per pixel tile (cheap: no output channels)
+        for name in ("xsum", "xpop"):
+            blk = sch.get_sblock(name)
+            sch.compute_at(blk, owo)
+            sch.set_scope(blk, 0, "local")
+    sch.reverse_compute_at(out, owo)
+    if wl.epilogue.kind != "packed":
+        # NCHW epilogue: pixels outer, channels inner and vectorized (strided stores, contiguous
+        # accumulator/epilogue-vector loads)
+        eo, eow = sch.get_loops(out)[-2:]
+        sch.reorder(eow, eo)
+        if cfg.lanes > 1:
+            _, eol = sch.split(eo, [None, cfg.lanes])
+            sch.vectorize(eol)
+    if cfg.lanes > 1:
+        sch.vectorize(ol)
+    sch.unroll(ot)
+    sch.unroll(owi)
+    if cfg.unroll_reduce:
+        sch.unroll(red[-1])
+    if cfg.unroll_taps:
+        for loop in red[1:-1]:
+            sch.unroll(loop)
+    outer = sch.fuse(n, oh)
+    if cfg.parallel == "outer":
+        sch.parallel(outer)
+        pad_loops = sch.get_loops(sch.get_sblock("pad"))
+        sch.parallel(sch.fuse(pad_loops[0], pad_loops[1]))
+    sch.decompose_reduction(pop, red[0])
+    return LowbitKernel(impl=impl, func=sch.mod["main"],
+                        params=kernel_params(st.param_names, st.params, consts),
+                        config=dict(cfg.as_dict(), word_bits=wl.word_bits), macs=wl.geom.macs)
+
+
+def schedule_dense(wl: LowbitDenseWorkload, cfg: LowbitConfig, weights, epilogue_inputs, impl: str
+                   ) -> LowbitKernel:
+    """Build the scheduled PrimFunc of a low-bit dense layer."""
+    from tvm import te, s_tir
+
+    ov = cfg.lanes * cfg.o_vectors
+    st = lowbit_dense_compute(wl, ov, cfg.spatial_tile)
+    consts = prepare_dense_constants(wl, ov, weights, epilogue_inputs)
+    func = te.create_prim_func(st.params)
+    sch = s_tir.Schedule(func)
+    pop = sch.get_sblock("pop")
+    out = sch.get_sblock("out")
+    loops = sch.get_loops(pop)
+    m, n = loops[:2]
+    red = loops[2:]
+    mo, mi = sch.split(m, [None, cfg.spatial_tile])
+    no, nt, nl = sch.split(n, [None, cfg.o_vectors, cfg.lanes])
+    sch.reorder(mo, no, *red, mi, nt, nl)
+    sch.set_scope(pop, 0, "local")
+    packed = wl.epilogue.kind == "packed"
+    if "xsum" in st.extra:
+        blk = sch.get_sblock("xsum")
+        sch.compute_at(blk, mo if packed else no)
+        sch.set_scope(blk, 0, "local")
+    # a packed output word spans channel tiles: pack once the row tile has all its channels
+    sch.reverse_compute_at(out, mo if packed else no)
+    if cfg.lanes > 1:
+        sch.vectorize(nl)
+        if not packed:
+            _, eol = sch.split(sch.get_loops(out)[-1], [None, cfg.lanes])
+            sch.vectorize(eol)
+    sch.unroll(nt)
+    sch.unroll(mi)
+    if cfg.unroll_reduce and len(red) > 1:
+        sch.unroll(red[-1])
+    if cfg.parallel == "outer":
+        sch.parallel(mo if packed else sch.fuse(mo, no))
+    sch.decompose_reduction(pop, red[0])
+    return LowbitKernel(impl=impl, func=sch.mod["main"],
+                        params=kernel_params(st.param_names, st.params, consts),
+                        config=dict(cfg.as_dict(), word_bits=wl.word_bits), macs=wl.macs)
