@@ -51,6 +51,12 @@ def ordered(plan: Plan, ph: Dict[int, te.Tensor], outputs: Sequence[te.Tensor]) 
     return [ph[pos] if a.kind != "output" else next(outs) for pos, a in enumerate(plan.args)]
 
 
+def dt(e) -> str:
+    """The dtype of a TIR expression (``PrimExpr.ty`` in TVM 0.27; loads also have ``dtype``)."""
+    d = getattr(e, "dtype", None)
+    return str(d if d is not None else e.ty)
+
+
 def fconst(v, dtype="float32"):
     return tvm.tirx.const(float(v), dtype)
 
@@ -88,7 +94,7 @@ def padded_input(x: te.Tensor, g: dict, rows: int, cols: int, x_map=None, name: 
     fmap = x_map or (lambda v: v)
     if pt == 0 and pl == 0 and rows <= h and cols <= w:
         return (lambda i, ch, y, xx: fmap(x[i, ch, y, xx])), None
-    dtype = fmap(x[0, 0, 0, 0]).dtype
+    dtype = dt(fmap(x[0, 0, 0, 0]))
 
     def body(i, ch, y, xx):
         inside = tvm.tirx.all(y >= pt, y < pt + h, xx >= pl, xx < pl + w)

@@ -16,7 +16,7 @@ from tvm import te
 
 from qcompiler.errors import UnsupportedError
 
-from .compute import arg_for, fconst, ordered, placeholders
+from .compute import arg_for, dt, fconst, ordered, placeholders
 from .kernel import Plan, Stages, Workload
 
 tir = tvm.tirx
@@ -32,11 +32,11 @@ def bcast_read(t: te.Tensor, out_idx) -> tvm.tirx.PrimExpr:
 
 
 def _c(x, v):
-    return tir.const(v, x.dtype)
+    return tir.const(v, dt(x))
 
 
 def _is_float(x) -> bool:
-    return str(x.dtype).startswith("float")
+    return dt(x).startswith("float")
 
 
 # -- unary: ``fn(x, attrs) -> expr`` -------------------------------------------------------------
@@ -49,25 +49,25 @@ def _sigmoid(x, a):
 
 
 def _hard_sigmoid(x, a):
-    return te.max(te.min(_c(x, a["alpha"]) * x + _c(x, a["beta"]), _c(x, 1.0)), _c(x, 0.0))
+    return tir.max(tir.min(_c(x, a["alpha"]) * x + _c(x, a["beta"]), _c(x, 1.0)), _c(x, 0.0))
 
 
 def _hard_swish(x, a):
-    return x * te.max(te.min(x * _c(x, 1 / 6) + _c(x, 0.5), _c(x, 1.0)), _c(x, 0.0))
+    return x * tir.max(tir.min(x * _c(x, 1 / 6) + _c(x, 0.5), _c(x, 1.0)), _c(x, 0.0))
 
 
 def _elu(x, a):
-    return tir.Select(x >= _c(x, 0), x, _c(x, a["alpha"]) * (te.exp(te.min(x, _c(x, 0))) - _c(x, 1)))
+    return tir.Select(x >= _c(x, 0), x, _c(x, a["alpha"]) * (te.exp(tir.min(x, _c(x, 0))) - _c(x, 1)))
 
 
 def _selu(x, a):
-    neg = _c(x, a["alpha"]) * (te.exp(te.min(x, _c(x, 0))) - _c(x, 1))
+    neg = _c(x, a["alpha"]) * (te.exp(tir.min(x, _c(x, 0))) - _c(x, 1))
     return _c(x, a["gamma"]) * tir.Select(x > _c(x, 0), x, neg)
 
 
 def _softplus(x, a):
     # logaddexp(x, 0) = max(x, 0) + log1p(exp(-|x|))
-    return te.max(x, _c(x, 0)) + te.log(_c(x, 1) + te.exp(-te.abs(x)))
+    return tir.max(x, _c(x, 0)) + te.log(_c(x, 1) + te.exp(-te.abs(x)))
 
 
 def _sign(x, a):
@@ -76,7 +76,7 @@ def _sign(x, a):
 
 
 UNARY: Dict[str, Callable] = {
-    "Relu": lambda x, a: te.max(x, _c(x, 0)),
+    "Relu": lambda x, a: tir.max(x, _c(x, 0)),
     "Abs": lambda x, a: te.abs(x),
     "Neg": lambda x, a: -x,
     "Sign": _sign,
@@ -130,7 +130,7 @@ VARIADIC = ("Min", "Max", "Sum", "Mean")
 
 
 def _as_bool(e):
-    return e if str(e.dtype) == "bool" else e != tir.const(0, e.dtype)
+    return e if dt(e) == "bool" else e != tir.const(0, dt(e))
 
 
 def elementwise(wl: Workload, plan: Plan, cfg: dict) -> Stages:
@@ -151,13 +151,13 @@ def elementwise(wl: Workload, plan: Plan, cfg: dict) -> Stages:
             if op in ("And", "Or", "Xor"):
                 a, b = _as_bool(a), _as_bool(b)
             if op == "PRelu":
-                b = b.astype(a.dtype)
+                b = b.astype(dt(a))
             return BINARY[op](a, b)
         if op in VARIADIC:
             xs = [v for v in vals if v is not None]
             y = xs[0]
             for v in xs[1:]:
-                y = te.min(y, v) if op == "Min" else te.max(y, v) if op == "Max" else y + v
+                y = tir.min(y, v) if op == "Min" else tir.max(y, v) if op == "Max" else y + v
             if op == "Mean":
                 n = len(xs)
                 y = y / _c(y, n) if _is_float(y) else tir.floordiv(y, _c(y, n))
@@ -172,9 +172,9 @@ def elementwise(wl: Workload, plan: Plan, cfg: dict) -> Stages:
             y = vals[0]
             lo, hi = wl.scalar(1), wl.scalar(2)
             if lo is not None:
-                y = te.max(y, tir.const(lo, y.dtype))
+                y = tir.max(y, tir.const(lo, dt(y)))
             if hi is not None:
-                y = te.min(y, tir.const(hi, y.dtype))
+                y = tir.min(y, tir.const(hi, dt(y)))
             return y
         if op == "Pow":
             return _pow(vals[0], vals[1], wl.scalar(1))
@@ -199,7 +199,7 @@ def _pow(a, b, scalar):
         return a
     if not _is_float(a):
         raise UnsupportedError("Pow with an integer base is not supported by the kernels")
-    return te.power(a, b.astype(a.dtype))
+    return te.power(a, b.astype(dt(a)))
 
 
 # -- batch norm (inference) -----------------------------------------------------------------------
@@ -364,10 +364,11 @@ def split(wl: Workload, plan: Plan, cfg: dict) -> Stages:
     x = arg_for(plan, ph, "input", 0)
     axis = int(wl.attr("axis"))
     outs, off = [], 0
+    def piece(off):
+        return lambda *i: x[tuple(v + off if d == axis else v for d, v in enumerate(i))]
+
     for j, spec in enumerate(wl.outputs):
-        def body(*i, off=off):
-            return x[tuple(v + off if d == axis else v for d, v in enumerate(i))]
-        outs.append(te.compute(spec.shape, body, name=f"out{j}"))
+        outs.append(te.compute(spec.shape, piece(off), name=f"out{j}"))
         off += spec.shape[axis]
     named = {f"out{j}": o for j, o in enumerate(outs)}
     return Stages(ordered(plan, ph, outs), named)

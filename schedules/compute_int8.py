@@ -20,7 +20,7 @@ from tvm import te
 
 from qcompiler.errors import UnsupportedError
 
-from .compute import arg_for, conv2d_ocvec, dense_nvec, depthwise_conv2d, ordered, placeholders
+from .compute import arg_for, dt, conv2d_ocvec, dense_nvec, depthwise_conv2d, ordered, placeholders
 from .compute_injective import bcast_read
 from .kernel import Plan, Stages, Workload
 
@@ -29,7 +29,7 @@ tir = tvm.tirx
 
 def no_contract(x):
     """``x`` behind an arithmetic fence: LLVM may not fuse it into an FMA with its consumer."""
-    return tir.call_llvm_pure_intrin(x.dtype, "llvm.arithmetic.fence", x)
+    return tir.call_llvm_pure_intrin(dt(x), "llvm.arithmetic.fence", x)
 
 
 def epilogue_inputs(wl: Workload) -> int:
@@ -166,12 +166,12 @@ def quantize_linear(wl: Workload, plan: Plan, cfg: dict) -> Stages:
     def body(*i):
         xv = x[i]
         s = _param_read(scale, i, axis)
-        y = te.nearbyint(xv / s.astype(xv.dtype))
-        y = tir.Select(te.isnan(y), tir.const(0, y.dtype), y)
+        y = te.nearbyint(xv / s.astype(dt(xv)))
+        y = tir.Select(te.isnan(y), tir.const(0, dt(y)), y)
         z = _param_read(zpt, i, axis)
         z = z.astype("int32") if z is not None else tir.const(0, "int32")
-        zf = z.astype(y.dtype)
-        y = tir.max(tir.min(y, tir.const(info[1], y.dtype) - zf), tir.const(info[0], y.dtype) - zf)
+        zf = z.astype(dt(y))
+        y = tir.max(tir.min(y, tir.const(info[1], dt(y)) - zf), tir.const(info[0], dt(y)) - zf)
         return (y.astype("int32") + z).astype(out_dtype)
 
     out = te.compute(wl.outputs[0].shape, body, name="out")
@@ -191,7 +191,7 @@ def dequantize_linear(wl: Workload, plan: Plan, cfg: dict) -> Stages:
         if z is not None:
             d = d - z.astype("int64")
         s = _param_read(scale, i, axis)
-        return (d.astype(s.dtype) * s).astype(out_dtype)
+        return (d.astype(dt(s)) * s).astype(out_dtype)
 
     out = te.compute(wl.outputs[0].shape, body, name="out")
     return Stages(ordered(plan, ph, [out]), {"out": out})

@@ -232,6 +232,14 @@ class LowbitDenseWorkload:
 # ----------------------------------------------------------------------------------------------
 
 
+def _ones_plane(lead_shape, n: int, word_bits: int) -> np.ndarray:
+    """Words with the ``n`` valid bits set (the offset-correction plane), broadcast to ``lead_shape``."""
+    from qcompiler.ref.ops.bits import pack_bits
+
+    row = pack_bits(np.ones(n, np.uint8), word_bits)
+    return np.ascontiguousarray(np.broadcast_to(row, tuple(lead_shape) + row.shape))
+
+
 def padded_channels(o: int, ov: int, ep: Epilogue) -> int:
     """Output channels the kernel computes: a multiple of the block ``ov`` and, for the packed
     epilogue, of the output word (so every output word's bits are all computed in one tile)."""
@@ -351,6 +359,8 @@ def prepare_conv_constants(wl: LowbitConvWorkload, ov: int, weights: np.ndarray,
     weights = np.asarray(weights)
     if weights.shape != expect or weights.dtype != wdt:
         raise ShapeError(f"{wl.op}: weights must be {wdt}{list(expect)}, got {weights.dtype}{list(weights.shape)}")
+    if not wl.binary and wl.w_offset:
+        weights = np.concatenate([weights, _ones_plane(weights.shape[:3] + (1,), g.cg, wl.word_bits)], axis=3)
     out = {"w": _block_out_channels(weights, ov, o_pad)}
     if wl.binary:
         table = binary_conv_base_table(wl, weights)               # [O, rows, cols]
@@ -369,6 +379,8 @@ def prepare_dense_constants(wl: LowbitDenseWorkload, ov: int, weights: np.ndarra
     weights = np.asarray(weights)
     if weights.shape != expect or weights.dtype != wdt:
         raise ShapeError(f"{wl.op}: weights must be {wdt}{list(expect)}, got {weights.dtype}{list(weights.shape)}")
+    if not wl.binary and wl.w_offset:
+        weights = np.concatenate([weights, _ones_plane((wl.n, 1), wl.k, wl.word_bits)], axis=1)
     out = {"w": _block_out_channels(weights, ov, n_pad)}
     out.update(_prepare_epilogue(wl.epilogue, wl.n, n_pad, epilogue_inputs, wl.op))
     return out
@@ -415,6 +427,26 @@ def _prepare_epilogue(ep: Epilogue, o: int, o_pad: int, inputs: Sequence[np.ndar
 # ----------------------------------------------------------------------------------------------
 # TE computes
 # ----------------------------------------------------------------------------------------------
+
+
+def bitserial_coefficient(weight_bits: int, w_mult: int, w_offset: int, ri, rj, acc_t: str):
+    """Weight of ``popcount(x_i & plane_j)`` in the accumulator.
+
+    Planes ``j < weight_bits`` are the weight's bits: ``w_mult * 2^(i+j)``. With ``w_offset`` the
+    weights carry one extra all-ones plane (valid channel bits), whose term ``-w_offset * 2^i *
+    popcount(x_i)`` is the contract's offset correction, so the whole accumulator is one reduction
+    (accumulated modulo 2^lanes-bits; the int32 result is exact). The plane loops are unrolled by
+    the schedules, so this folds to an immediate per term.
+    """
+    from tvm import tirx
+
+    scaled = tirx.const(w_mult, acc_t) << (ri + rj).astype(acc_t)
+    if not w_offset:
+        return scaled
+    bits = int(acc_t[4:]) if acc_t.startswith("uint") else 0
+    neg = ((1 << bits) - w_offset) if bits else -w_offset   # -w_offset modulo the lane width
+    corr = tirx.const(neg, acc_t) << ri.astype(acc_t)
+    return tirx.Select(rj < weight_bits, scaled, corr)
 
 
 def _popcount_acc_dtype(word_bits: int) -> str:
@@ -569,49 +601,24 @@ def lowbit_conv_compute(wl: LowbitConvWorkload, ov: int, ow_tile: int = 1) -> Co
             return (base[class_index(oh, g.oh, t, b), class_index(ow, g.ow, l, r), o]
                     - 2 * pop[n, o, oh, ow].astype("int32"))
     else:
-        ab, wbits = wl.act_bits, wl.weight_bits
-        w = te.placeholder((o_pad // ov, g.kh, g.kw, wbits, cgw, ov), wdt, name="w")
+        ab = wl.act_bits
+        planes_w = wl.weight_bits + (1 if wl.w_offset else 0)
+        w = te.placeholder((o_pad // ov, g.kh, g.kw, planes_w, cgw, ov), wdt, name="w")
         ri = te.reduce_axis((0, ab), name="ri")
-        rj = te.reduce_axis((0, wbits), name="rj")
+        rj = te.reduce_axis((0, planes_w), name="rj")
+        coef = bitserial_coefficient(wl.weight_bits, wl.w_mult, wl.w_offset, ri, rj, acc_t)
         pop = te.compute(
             (g.n, o_pad, g.oh, ow_pad),
             lambda n, o, oh, ow: te.sum(
                 tirx.popcount(xp[n, oh * sh + rh * dh, ow * sw + rw * dw, ri, in_word(o)]
-                              & w[o // ov, rh, rw, rj, rc, o % ov]).astype(acc_t) << (ri + rj).astype(acc_t),
-                axis=[rh, rw, ri, rj, rc]),
+                              & w[o // ov, rh, rw, rj, rc, o % ov]).astype(acc_t) * coef,
+                axis=[rh, rw, rc, ri, rj]),
             name="pop")
         names = ["x", "w"]
         tensors = [x, w]
-        xsum = None
-        if wl.w_offset:
-            # sum_i 2^i popcount(x_i) over the receptive field of the group (padding is code 0)
-            qi = te.reduce_axis((0, ab), name="qi")
-            qc = te.reduce_axis((0, cgw), name="qc")
-            ngroups = g.groups
-            xpop = te.compute(
-                (g.n, hp, wp, ngroups),
-                lambda n, h, w_, gi: te.sum(
-                    tirx.popcount(xp[n, h, w_, qi, gi * cgw + qc]).astype("int32") << qi, axis=[qi, qc]),
-                name="xpop")
-            sh_ = te.reduce_axis((0, g.kh), name="sh")
-            sw_ = te.reduce_axis((0, g.kw), name="sw")
-            xsum = te.compute(
-                (g.n, g.oh, g.ow, ngroups),
-                lambda n, oh, ow, gi: te.sum(xpop[n, oh * sh + sh_ * dh, ow * sw + sw_ * dw, gi],
-                                             axis=[sh_, sw_]),
-                name="xsum")
-            params["xpop"], params["xsum"] = xpop, xsum
 
         def acc_fn(n, o, oh, ow):
-            # the xsum term first: stage order follows first use, and xsum must precede pop so
-            # that the epilogue can be computed inside pop's tile loop
-            acc = pop[n, o, oh, ow].astype("int32")
-            if wl.w_mult != 1:
-                acc = acc * wl.w_mult
-            if xsum is not None:
-                gi = 0 if g.groups == 1 else tirx.min(o // g.og, g.groups - 1)
-                acc = (-wl.w_offset) * xsum[n, oh, ow, gi] + acc
-            return acc
+            return pop[n, o, oh, ow].astype("int32")
 
     ep = wl.epilogue
     if ep.kind == "packed":
@@ -625,7 +632,7 @@ def lowbit_conv_compute(wl: LowbitConvWorkload, ov: int, ow_tile: int = 1) -> Co
         tensors.append(params["ep_" + nm])
     names.append("out")
     tensors.append(out)
-    extra = {k: v for k, v in params.items() if k in ("xpop", "xsum")}
+    extra = {}
     return ConvStages(tensors, names, xp, pop, out, o_pad, ov, extra)
 
 
@@ -666,30 +673,20 @@ def lowbit_dense_compute(wl: LowbitDenseWorkload, ov: int, m_tile: int = 1) -> D
             return tirx.const(wl.k, "int32") - 2 * pop[m, n].astype("int32")
         xsum = None
     else:
-        ab, wbits = wl.act_bits, wl.weight_bits
+        ab = wl.act_bits
+        planes_w = wl.weight_bits + (1 if wl.w_offset else 0)
         x = te.placeholder((wl.m, ab, kw), wdt, name="x")
         xp = _pad_rows(x, m_pad, wdt)
-        w = te.placeholder((n_pad // ov, wbits, kw, ov), wdt, name="w")
+        w = te.placeholder((n_pad // ov, planes_w, kw, ov), wdt, name="w")
         ri = te.reduce_axis((0, ab), name="ri")
-        rj = te.reduce_axis((0, wbits), name="rj")
+        rj = te.reduce_axis((0, planes_w), name="rj")
+        coef = bitserial_coefficient(wl.weight_bits, wl.w_mult, wl.w_offset, ri, rj, acc_t)
         pop = te.compute((m_pad, n_pad), lambda m, n: te.sum(
-            tirx.popcount(xp[m, ri, rk] & w[n // ov, rj, rk, n % ov]).astype(acc_t) << (ri + rj).astype(acc_t),
-            axis=[ri, rj, rk]), name="pop")
-        xsum = None
-        if wl.w_offset:
-            qi = te.reduce_axis((0, ab), name="qi")
-            qk = te.reduce_axis((0, kw), name="qk")
-            xsum = te.compute((wl.m,), lambda m: te.sum(
-                tirx.popcount(x[m, qi, qk]).astype("int32") << qi, axis=[qi, qk]), name="xsum")
-            params["xsum"] = xsum
+            tirx.popcount(xp[m, ri, rk] & w[n // ov, rj, rk, n % ov]).astype(acc_t) * coef,
+            axis=[rk, ri, rj]), name="pop")
 
         def acc_fn(m, n):
-            acc = pop[m, n].astype("int32")
-            if wl.w_mult != 1:
-                acc = acc * wl.w_mult
-            if xsum is not None:
-                acc = (-wl.w_offset) * xsum[m] + acc   # xsum first (see the conv)
-            return acc
+            return pop[m, n].astype("int32")
 
     ep = wl.epilogue
     if ep.kind == "packed":
@@ -703,7 +700,7 @@ def lowbit_dense_compute(wl: LowbitDenseWorkload, ov: int, m_tile: int = 1) -> D
         tensors.append(params["ep_" + nm])
     names.append("out")
     tensors.append(out)
-    extra = {k: v for k, v in params.items() if k == "xsum"}
+    extra = {}
     return DenseStages(tensors, names, xp, pop, out, n_pad, ov, extra)
 
 

@@ -56,8 +56,8 @@ def plan_dense(wl: Workload, cfg: dict) -> Plan:
     b = wl.inputs[1]
     if wl.op == "Gemm":
         trans_b = int(wl.attr("transB", 0))
-    else:
-        trans_b = 0
+    else:  # QDense weights are [N, K]; MatMul's are [K, N]
+        trans_b = 1 if wl.op == "QDense" else 0
     n = b.shape[0] if trans_b else b.shape[-1]
     k = b.shape[1] if trans_b else b.shape[0]
     args = _inputs(wl, [0])

@@ -92,12 +92,6 @@ def schedule_conv(wl: LowbitConvWorkload, cfg: LowbitConfig, weights, epilogue_i
     owo, owi = sch.split(ow, [None, cfg.spatial_tile])
     sch.reorder(n, oh, owo, oo, *red, owi, ot, ol)
     sch.set_scope(pop, 0, "local")
-    if "xsum" in st.extra:
-        # the activation-sum term of offset weights, per pixel tile (cheap: no output channels)
-        for name in ("xsum", "xpop"):
-            blk = sch.get_sblock(name)
-            sch.compute_at(blk, owo)
-            sch.set_scope(blk, 0, "local")
     sch.reverse_compute_at(out, owo)
     if wl.epilogue.kind != "packed":
         # NCHW epilogue: pixels outer, channels inner and vectorized (strided stores, contiguous
@@ -111,11 +105,14 @@ def schedule_conv(wl: LowbitConvWorkload, cfg: LowbitConfig, weights, epilogue_i
         sch.vectorize(ol)
     sch.unroll(ot)
     sch.unroll(owi)
+    # binary: (rh, rw, rc); bitserial: (rh, rw, rc, ri, rj) with the plane loops always unrolled
+    words = red[2]
     if cfg.unroll_reduce:
-        sch.unroll(red[-1])
+        sch.unroll(words)
+    for plane_loop in red[3:]:
+        sch.unroll(plane_loop)
     if cfg.unroll_taps:
-        for loop in red[1:-1]:
-            sch.unroll(loop)
+        sch.unroll(red[1])
     outer = sch.fuse(n, oh)
     if cfg.parallel == "outer":
         sch.parallel(outer)
@@ -147,10 +144,6 @@ def schedule_dense(wl: LowbitDenseWorkload, cfg: LowbitConfig, weights, epilogue
     sch.reorder(mo, no, *red, mi, nt, nl)
     sch.set_scope(pop, 0, "local")
     packed = wl.epilogue.kind == "packed"
-    if "xsum" in st.extra:
-        blk = sch.get_sblock("xsum")
-        sch.compute_at(blk, mo if packed else no)
-        sch.set_scope(blk, 0, "local")
     # a packed output word spans channel tiles: pack once the row tile has all its channels
     sch.reverse_compute_at(out, mo if packed else no)
     if cfg.lanes > 1:
@@ -160,8 +153,8 @@ def schedule_dense(wl: LowbitDenseWorkload, cfg: LowbitConfig, weights, epilogue
             sch.vectorize(eol)
     sch.unroll(nt)
     sch.unroll(mi)
-    if cfg.unroll_reduce and len(red) > 1:
-        sch.unroll(red[-1])
+    for plane_loop in red[1:]:           # bitserial: (rk, ri, rj), planes unrolled
+        sch.unroll(plane_loop)
     if cfg.parallel == "outer":
         sch.parallel(mo if packed else sch.fuse(mo, no))
     sch.decompose_reduction(pop, red[0])

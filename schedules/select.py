@@ -42,6 +42,15 @@ def all_of(*preds: Pred) -> Pred:
     return lambda wl, t: all(p(wl, t) for p in preds)
 
 
+def has_feature(*features: str) -> Pred:
+    """The target has every one of ``features`` (``Target.features``: popcnt, avx512, neon, ...)."""
+    return lambda wl, t: t is not None and all(t.has(f) for f in features)
+
+
+def family(*families: str) -> Pred:
+    return lambda wl, t: t is not None and t.family in families
+
+
 def in_dtype(i: int, *dtypes: str) -> Pred:
     return lambda wl, t: wl.input(i) is not None and wl.input(i).dtype in dtypes
 

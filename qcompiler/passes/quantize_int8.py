@@ -16,7 +16,8 @@ After:
   ``per_channel``, stored int8 (W4 weights lie on the 4-bit grid [-7, 7]); the scale comes from
   min-max at 8 bits and from MSE-optimal clipping below 8 bits (where clipping pays);
 * activations: uint8 (zero point from the range) when the calibrated range is non-negative,
-  else asymmetric int8; k < 8 activation bits clamp to the k-bit grid of that type;
+  else asymmetric int8; k < 8 activation bits clamp to the k-bit grid of that type (a Clip after
+  each QuantizeLinear, the output clamp of each layer);
 * an Add whose two inputs are quantized becomes ``QAdd`` (fixed point), a following Relu fused;
   MaxPool, Flatten and Reshape on a quantized tensor run on the integers (same scale);
 * other ops stay float: a ``DequantizeLinear`` materialises a float value where a float op or a
@@ -92,7 +93,7 @@ class _Rewriter:
 
     def const(self, base: str, data: np.ndarray) -> str:
         name = self.g.unique_name(base)
-        self.g.add_const(name, np.ascontiguousarray(data))
+        self.g.add_const(name, np.array(data, order="C"))  # (ascontiguousarray makes scalars 1-D)
         return name
 
     def new_value(self, base: str, shape, dtype: str) -> str:
@@ -131,6 +132,13 @@ class _Rewriter:
         self.emit("QuantizeLinear", f"{value}_quant",
                   [src, self.const(f"{value}_scale", qp.scale), self.const(f"{value}_zp", qp.zero_point.astype(qp.dtype))],
                   [q], dict(axis=1, block_size=0, output_dtype=qp.dtype))
+        info = np.iinfo(qp.dtype)
+        if (qp.qmin, qp.qmax) != (info.min, info.max):  # k < 8 bits: saturate to the k-bit grid
+            clipped = self.new_value(f"{value}_q{qp.qmax - qp.qmin + 1}", self.src.values[value].shape, qp.dtype)
+            self.emit("Clip", f"{value}_saturate", [q, self.const(f"{value}_qmin", np.array(qp.qmin, qp.dtype)),
+                                                    self.const(f"{value}_qmax", np.array(qp.qmax, qp.dtype))],
+                      [clipped], {})
+            q = clipped
         self.twins[value] = (q, qp)
         self.counts["quantize"] += 1
         return q, qp
@@ -183,15 +191,16 @@ class _Rewriter:
         if wq.dtype != np.int8:  # asymmetric per-tensor weights land in [-128, 127] too
             wq = wq.astype(np.int8)
         acc_scale = float(xqp.scale) * w_scale
-        terms = int(np.prod(w.shape[1:]))
-        if terms * 255 * 255 > INT32_LIMIT:
-            raise ConfigError(f"node {node.name!r}: {terms} products per output can overflow the int32 accumulator")
         bias = None
+        bq = np.zeros(o)
         if lay["bias"] is not None:
             bq = np.rint(lay["bias"] / acc_scale)
-            if np.abs(bq).max() > INT32_LIMIT // 2:
-                raise ConfigError(f"node {node.name!r}: the bias does not fit int32 at scale {acc_scale.min():.3g}")
-            bias = bq.astype(np.int32)
+            bias = np.clip(bq, -INT32_LIMIT, INT32_LIMIT).astype(np.int32)
+        # worst case |acc| per output channel: |x - x_zp| <= 255 at every tap
+        worst = 255 * np.abs(wq.astype(np.int64) - w_zp).reshape(o, -1).sum(axis=1) + np.abs(bq)
+        if worst.max() > INT32_LIMIT:
+            raise ConfigError(f"node {node.name!r}: the int32 accumulator could overflow (worst case "
+                              f"{int(worst.max())}); quantize this layer with fewer weight bits or keep it float")
         mult, shift = quantize_multipliers(acc_scale / float(yqp.scale))
         lo, hi = self.clamp(act, yqp)
         yq = self.new_value(f"{y_name}_q", self.src.values[y_name].shape, yqp.dtype)

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from qcompiler.errors import QCompilerError, RuntimeInputError, ShapeError
+from qcompiler.errors import ModelError, QCompilerError, RuntimeInputError
+
+from .loader import TensorSpec
 
 #: File name of the runner executable inside a module directory.
 RUNNER = "runner"
@@ -27,13 +28,6 @@ EXIT_USAGE, EXIT_INPUT, EXIT_MODULE, EXIT_OUTPUT = 2, 3, 4, 5
 
 class RunnerError(QCompilerError):
     """The runner failed on the board or under the emulator (its message is in the error)."""
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    dtype: str
-    shape: Tuple[int, ...]
 
 
 _INFO_LINE = re.compile(r"^(input|output) (\S+) (\S+) \(([0-9, ]*)\)$")
@@ -47,28 +41,42 @@ def parse_info(text: str) -> Tuple[List[TensorSpec], List[TensorSpec]]:
         if not m:
             continue
         shape = tuple(int(d) for d in m.group(4).replace(" ", "").split(",") if d)
-        (inputs if m.group(1) == "input" else outputs).append(TensorSpec(m.group(2), m.group(3), shape))
+        (inputs if m.group(1) == "input" else outputs).append(TensorSpec(m.group(2), shape, m.group(3)))
     if not outputs:
         raise RunnerError(f"the runner's --info printed no signature:\n{text.strip()}")
     return inputs, outputs
 
 
-def check_feeds(specs: Sequence[TensorSpec], feeds: Mapping[str, object]) -> Dict[str, np.ndarray]:
+def check_signature(runner_specs, manifest_specs, kind: str, where: str) -> None:
+    """The runner (what it was compiled against) and the manifest must describe the same signature."""
+    if list(runner_specs) != list(manifest_specs):
+        raise ModelError(f"{where}: the runner and manifest.json disagree on the {kind}s "
+                         f"({[str(s) for s in runner_specs]} vs {[str(s) for s in manifest_specs]}); re-export it")
+
+
+def check_feeds(specs: Sequence[TensorSpec], feeds: Mapping[str, object], module: str) -> Dict[str, np.ndarray]:
     """Validate feeds against the signature before anything is copied or launched."""
+    if not isinstance(feeds, Mapping):
+        raise RuntimeInputError(f"module {module!r}: run() takes a dict {{input name: array}}, got "
+                                f"{type(feeds).__name__}; inputs are {[str(s) for s in specs]}")
     names = [s.name for s in specs]
     unknown = sorted(set(feeds) - set(names))
     if unknown:
-        raise RuntimeInputError(f"unknown input(s) {unknown}; the module's inputs are {names}")
+        raise RuntimeInputError(f"module {module!r}: unknown input(s) {unknown}; inputs are {[str(s) for s in specs]}")
     checked = {}
     for spec in specs:
         if spec.name not in feeds:
-            raise RuntimeInputError(f"missing input {spec.name!r} ({spec.dtype} {list(spec.shape)})")
-        arr = np.asarray(feeds[spec.name])
-        if arr.dtype != np.dtype(spec.dtype):
-            raise RuntimeInputError(f"input {spec.name!r} has dtype {arr.dtype}, the module expects {spec.dtype}")
+            raise RuntimeInputError(f"module {module!r}: missing input {spec.name!r} ({spec})")
+        arr = feeds[spec.name]
+        if not isinstance(arr, np.ndarray):
+            raise RuntimeInputError(f"module {module!r}: input {spec.name!r} must be a numpy array ({spec}), got "
+                                    f"{type(arr).__name__}")
+        if str(arr.dtype) != spec.dtype:
+            raise RuntimeInputError(f"module {module!r}: input {spec.name!r} has dtype {arr.dtype}, expected "
+                                    f"{spec.dtype}; convert it with x.astype(np.{spec.dtype})")
         if tuple(arr.shape) != spec.shape:
-            raise ShapeError(f"input {spec.name!r} has shape {list(arr.shape)}, the module expects "
-                             f"{list(spec.shape)}")
+            raise RuntimeInputError(f"module {module!r}: input {spec.name!r} has shape {list(arr.shape)}, "
+                                    f"expected {list(spec.shape)}")
         checked[spec.name] = np.ascontiguousarray(arr)
     return checked
 
@@ -104,17 +112,12 @@ def collect_outputs(out_dir: str, specs: Sequence[TensorSpec]) -> Dict[str, np.n
     return outputs
 
 
-_LATENCY = re.compile(r"latency_ms median ([0-9.]+) mean ([0-9.]+) min ([0-9.]+) max ([0-9.]+) runs (\d+)")
-
-
-def parse_latency(stdout: str) -> Dict[str, float]:
-    """``--bench`` output as {"median_ms", "mean_ms", "min_ms", "max_ms", "runs"}."""
-    m = _LATENCY.search(stdout)
-    if not m:
-        raise RunnerError(f"the runner printed no latency line:\n{stdout.strip()}")
-    med, mean, lo, hi, runs = m.groups()
-    return {"median_ms": float(med), "mean_ms": float(mean), "min_ms": float(lo), "max_ms": float(hi),
-            "runs": int(runs)}
+def parse_times(stdout: str) -> List[float]:
+    """Seconds of each timed run, from the ``times_ms ...`` line ``--bench`` prints."""
+    for line in stdout.splitlines():
+        if line.startswith("times_ms"):
+            return [float(t) / 1e3 for t in line.split()[1:]]
+    raise RunnerError(f"the runner printed no times_ms line:\n{stdout.strip()}")
 
 
 def raise_for_exit(code: int, stderr: str, where: str) -> None:

@@ -1,11 +1,14 @@
 /* qcompiler module runner: run a compiled module on .npy inputs, on the board, with no Python.
  *
- *   runner [--threads N] [--bench N] [--warmup N] [-o DIR] NAME=input.npy ...
+ *   runner [--threads N] [--bench N] [--warmup N] [--weights FILE] [-o DIR] NAME=input.npy ...
  *   runner --info
  *
+ * --threads 0 (the default) uses every online CPU. A module whose weights live in a separate file
+ * finds weights.bin next to the runner unless --weights names it.
  * Reads each input from a .npy file (dtype and shape must match the module's signature), runs the
  * module, writes every output to DIR/<output name>.npy (DIR defaults to "."), and with --bench N
- * prints the latency of N further runs. Compiled once per module against its generated header:
+ * prints the latency of N further runs (after --warmup runs, default 1): a "times_ms" line with each
+ * run's milliseconds, then "latency_ms median .. mean .. min .. max .. runs .. threads ..". Compiled once per module against its generated header:
  *
  *   cc -O2 -DQC_HEADER='"net.h"' -DQC_PREFIX=qc_net_ runner.c libnet.a -lpthread -lm -o runner
  *
@@ -225,6 +228,11 @@ static void print_info(FILE* to) {
 
 /* --------------------------------------------------------------------------------------- main */
 
+static int run_once(QC_FN(t)* m, int n_in, const void** in, const size_t* in_sizes, int n_out, void** out,
+                    const size_t* out_sizes) {
+  return QC_FN(run)(m, n_in, (const void* const*)in, in_sizes, n_out, (void* const*)out, out_sizes);
+}
+
 static double now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -247,7 +255,7 @@ static long parse_count(const char* flag, const char* value, long min) {
 }
 
 static void usage(FILE* to) {
-  fprintf(to, "usage: runner [--threads N] [--bench N] [--warmup N] [-o DIR] NAME=input.npy ...\n"
+  fprintf(to, "usage: runner [--threads N] [--bench N] [--warmup N] [--weights FILE] [-o DIR] NAME=input.npy ...\n"
               "       runner --info   (print the inputs and outputs: name, dtype, shape)\n");
 }
 
@@ -255,6 +263,7 @@ int main(int argc, char** argv) {
   int n_in = QC_FN(num_inputs)(), n_out = QC_FN(num_outputs)();
   long threads = 0, bench = 0, warmup = 1;
   const char* out_dir = ".";
+  const char* weights_path = NULL;
   const char** paths = calloc((size_t)n_in + 1, sizeof *paths);
   for (int k = 1; k < argc; ++k) {
     const char* arg = argv[k];
@@ -263,6 +272,11 @@ int main(int argc, char** argv) {
     if (!strcmp(arg, "--threads")) { threads = parse_count(arg, k + 1 < argc ? argv[++k] : NULL, 0); continue; }
     if (!strcmp(arg, "--bench")) { bench = parse_count(arg, k + 1 < argc ? argv[++k] : NULL, 1); continue; }
     if (!strcmp(arg, "--warmup")) { warmup = parse_count(arg, k + 1 < argc ? argv[++k] : NULL, 0); continue; }
+    if (!strcmp(arg, "--weights")) {
+      if (++k >= argc) die(EXIT_USAGE, "%s needs a file%s", arg, "");
+      weights_path = argv[k];
+      continue;
+    }
     if (!strcmp(arg, "-o") || !strcmp(arg, "--out-dir")) {
       if (++k >= argc) die(EXIT_USAGE, "%s needs a directory%s", arg, "");
       out_dir = argv[k];
@@ -286,6 +300,7 @@ int main(int argc, char** argv) {
   /* inputs: read and check every one against the signature */
   Array* in = calloc((size_t)n_in + 1, sizeof *in);
   const void** in_ptrs = calloc((size_t)n_in + 1, sizeof *in_ptrs);
+  size_t* in_sizes = calloc((size_t)n_in + 1, sizeof *in_sizes);
   char got[192], want[192];
   for (int i = 0; i < n_in; ++i) {
     const char* name = QC_FN(input_name)(i);
@@ -308,18 +323,32 @@ int main(int argc, char** argv) {
       return EXIT_INPUT;
     }
     in_ptrs[i] = in[i].data;
+    in_sizes[i] = in[i].nbytes;
   }
   Array* out = calloc((size_t)n_out + 1, sizeof *out);
   void** out_ptrs = calloc((size_t)n_out + 1, sizeof *out_ptrs);
+  size_t* out_sizes = calloc((size_t)n_out + 1, sizeof *out_sizes);
   for (int i = 0; i < n_out; ++i) {
     expected(0, i, &out[i]);
+    out_sizes[i] = out[i].nbytes;
     out_ptrs[i] = out[i].data = aligned_buffer(out[i].nbytes);
     if (!out[i].data) die(EXIT_MODULE, "out of memory for output %s%s", QC_FN(output_name)(i), "");
   }
 
-  QC_FN(t)* m = QC_FN(create)((int)threads);
-  if (!m) die(EXIT_MODULE, "creating the module failed: %s%s", QC_FN(last_error)(NULL), "");
-  if (QC_FN(run)(m, in_ptrs, out_ptrs) != 0) die(EXIT_MODULE, "run failed: %s%s", QC_FN(last_error)(m), "");
+  char weights[4096] = "";
+  if (QC_FN(weights_external)()) {
+    if (weights_path) {
+      snprintf(weights, sizeof weights, "%s", weights_path);
+    } else { /* weights.bin next to the runner */
+      const char* slash = strrchr(argv[0], '/');
+      snprintf(weights, sizeof weights, "%.*s%s", slash ? (int)(slash - argv[0] + 1) : 0, argv[0], "weights.bin");
+    }
+  }
+  QC_FN(t)* m = NULL;
+  if (QC_FN(create)(&m, weights[0] ? weights : NULL, (int)threads) != QC_OK || !m)
+    die(EXIT_MODULE, "creating the module failed: %s%s", QC_FN(last_error)(NULL), "");
+  if (run_once(m, n_in, in_ptrs, in_sizes, n_out, out_ptrs, out_sizes) != QC_OK)
+    die(EXIT_MODULE, "run failed: %s%s", QC_FN(last_error)(m), "");
 
   char path[4096];
   for (int i = 0; i < n_out; ++i) {
@@ -329,18 +358,23 @@ int main(int argc, char** argv) {
 
   if (bench > 0) {
     for (long r = 0; r < warmup; ++r)
-      if (QC_FN(run)(m, in_ptrs, out_ptrs) != 0) die(EXIT_MODULE, "run failed: %s%s", QC_FN(last_error)(m), "");
+      if (run_once(m, n_in, in_ptrs, in_sizes, n_out, out_ptrs, out_sizes) != QC_OK)
+        die(EXIT_MODULE, "run failed: %s%s", QC_FN(last_error)(m), "");
     double* ms = malloc(sizeof(double) * (size_t)bench);
     for (long r = 0; r < bench; ++r) {
       double t0 = now_ms();
-      if (QC_FN(run)(m, in_ptrs, out_ptrs) != 0) die(EXIT_MODULE, "run failed: %s%s", QC_FN(last_error)(m), "");
+      if (run_once(m, n_in, in_ptrs, in_sizes, n_out, out_ptrs, out_sizes) != QC_OK)
+        die(EXIT_MODULE, "run failed: %s%s", QC_FN(last_error)(m), "");
       ms[r] = now_ms() - t0;
     }
+    printf("times_ms");
+    for (long r = 0; r < bench; ++r) printf(" %.4f", ms[r]);
+    printf("\n");
     qsort(ms, (size_t)bench, sizeof *ms, cmp_double);
     double sum = 0;
     for (long r = 0; r < bench; ++r) sum += ms[r];
-    printf("latency_ms median %.4f mean %.4f min %.4f max %.4f runs %ld threads %ld\n", ms[bench / 2], sum / bench,
-           ms[0], ms[bench - 1], bench, threads);
+    printf("latency_ms median %.4f mean %.4f min %.4f max %.4f runs %ld threads %d\n", ms[bench / 2], sum / bench,
+           ms[0], ms[bench - 1], bench, QC_FN(num_threads)(m));
     free(ms);
   }
   QC_FN(destroy)(m);

@@ -1,0 +1,297 @@
+"""Load an exported module directory and run it, with ctypes only (no TVM needed).
+
+>>> import qcompiler as qc                                   # doctest: +SKIP
+>>> net = qc.load("build/net", num_threads=2)
+>>> net.inputs                                               # [TensorSpec(name='input', shape=(1, 64), dtype='float32')]
+>>> outputs = net.run({"input": x})                          # {output name: ndarray}
+
+``run`` checks names, shapes and dtypes and raises :class:`RuntimeInputError` naming the input and
+what was expected; the library's own entry point checks counts and byte sizes again. This module
+imports only the standard library, numpy and ``qcompiler.errors``/``qcompiler.targets``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional, Tuple
+
+import numpy as np
+
+from ..errors import ModelError, RuntimeInputError, TargetError
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FORMAT = "qcompiler-module"
+MANIFEST_VERSION = 1
+_ALIGN = 64
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: Tuple[int, ...]
+    dtype: str
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+    @classmethod
+    def from_manifest(cls, d: dict) -> "TensorSpec":
+        return cls(str(d["name"]), tuple(int(x) for x in d["shape"]), str(d["dtype"]))
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.dtype}[{','.join(map(str, self.shape))}]"
+
+
+def read_manifest(path) -> dict:
+    """The manifest of module directory ``path``, checked for format and version."""
+    path = os.fspath(path)
+    mpath = os.path.join(path, "manifest.json")
+    if not os.path.isdir(path):
+        raise ModelError(f"module directory {path!r} does not exist")
+    if not os.path.isfile(mpath):
+        raise ModelError(f"{path!r} is not a qcompiler module directory (no manifest.json)")
+    try:
+        with open(mpath) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{mpath}: unreadable manifest: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise ModelError(f"{mpath} is not a qcompiler module manifest")
+    if manifest.get("format_version") != MANIFEST_VERSION:
+        raise ModelError(f"{mpath}: manifest format version {manifest.get('format_version')} is not supported "
+                         f"by this qcompiler (expects {MANIFEST_VERSION}); rebuild the module")
+    return manifest
+
+
+def manifest_target(manifest: dict):
+    """The :class:`~qcompiler.targets.Target` a module was built for, rebuilt from its manifest
+    (``host`` modules are described by what the building machine was, not by this machine)."""
+    from ..targets import Target
+
+    t = manifest.get("target", {})
+    try:
+        return Target(name=t["name"], description=t.get("description", ""), family=t["family"],
+                      mtriple=t["triple"], mcpu=t.get("mcpu", "generic"), mattr=tuple(t.get("mattr", ())),
+                      features=tuple(t.get("features", ())), vector_bits=int(t.get("vector_bits", 128)),
+                      os=t.get("os", "linux"), cores=int(t.get("cores", 1)))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelError(f"module manifest has a malformed target description ({e})") from None
+
+
+def check_runs_here(target) -> None:
+    """The one place that decides whether a module's code can run in this process.
+
+    Raises :class:`TargetError` when it cannot. (Running foreign-ISA modules under qemu through a
+    runner binary belongs here too, as an alternative to the in-process ctypes path.)
+    """
+    if not target.runs_natively():
+        raise TargetError(
+            f"this module was built for target {target.name!r} ({target.mtriple}, features "
+            f"{', '.join(target.features) or 'none'}), which cannot run on this machine "
+            f"({platform.machine()}): copy the module directory to a matching board, or build it for "
+            f"target 'host'")
+
+
+def load(path, num_threads: Optional[int] = None) -> "NativeModule":
+    """Load module directory ``path``. ``num_threads``: threads of the module's pool (default: every
+    online CPU)."""
+    if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
+        raise RuntimeInputError(f"num_threads must be a positive integer, got {num_threads!r}")
+    path = os.fspath(path)
+    manifest = read_manifest(path)
+    check_runs_here(manifest_target(manifest))
+    return NativeModule(path, manifest, num_threads)
+
+
+class NativeModule:
+    """A loaded module: ``run(feeds)``, its signature (``inputs``/``outputs``) and ``num_threads``.
+
+    One instance is one model (one arena, one thread pool): call ``run`` from one thread at a time.
+    """
+
+    def __init__(self, path: str, manifest: dict, num_threads: Optional[int] = None):
+        self.path = path
+        self.manifest = manifest
+        self.name = manifest["name"]
+        self.inputs: List[TensorSpec] = [TensorSpec.from_manifest(d) for d in manifest["inputs"]]
+        self.outputs: List[TensorSpec] = [TensorSpec.from_manifest(d) for d in manifest["outputs"]]
+        lib_name = manifest.get("library", {}).get("shared")
+        if not lib_name:
+            raise TargetError(f"module {self.name!r} in {path!r} has no shared library (target "
+                              f"{manifest['target']['name']!r} links into an app): it cannot be loaded here")
+        lib_path = os.path.join(path, lib_name)
+        if not os.path.isfile(lib_path):
+            raise ModelError(f"module {self.name!r}: library {lib_path!r} is missing")
+        try:
+            self._lib = ctypes.CDLL(os.path.abspath(lib_path))
+        except OSError as e:
+            raise ModelError(f"module {self.name!r}: cannot load {lib_path!r}: {e}") from None
+        self._fn = self._bind(self._lib, f"qc_{self.name}_")
+        self._check_signature()
+        self._handle = self._create(path, num_threads)
+        n_in, n_out = len(self.inputs), len(self.outputs)
+        self._in_nbytes = (ctypes.c_size_t * max(n_in, 1))(*[s.nbytes for s in self.inputs])
+        self._out_nbytes = (ctypes.c_size_t * max(n_out, 1))(*[s.nbytes for s in self.outputs])
+
+    # -- setup -------------------------------------------------------------------------------------------
+    @staticmethod
+    def _bind(lib, prefix: str) -> Dict[str, object]:
+        c_int, c_char_p, c_size_t, c_void_p = ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p
+        protos = {
+            "create": (c_int, [ctypes.POINTER(c_void_p), c_char_p, c_int]),
+            "run": (c_int, [c_void_p, c_int, ctypes.POINTER(c_void_p), ctypes.POINTER(c_size_t), c_int,
+                            ctypes.POINTER(c_void_p), ctypes.POINTER(c_size_t)]),
+            "destroy": (None, [c_void_p]),
+            "last_error": (c_char_p, [c_void_p]),
+            "num_threads": (c_int, [c_void_p]),
+            "num_inputs": (c_int, []), "num_outputs": (c_int, []),
+            "input_name": (c_char_p, [c_int]), "output_name": (c_char_p, [c_int]),
+            "input_ndim": (c_int, [c_int]), "output_ndim": (c_int, [c_int]),
+            "input_shape": (ctypes.POINTER(ctypes.c_int64), [c_int]),
+            "output_shape": (ctypes.POINTER(ctypes.c_int64), [c_int]),
+            "input_dtype": (c_char_p, [c_int]), "output_dtype": (c_char_p, [c_int]),
+            "weights_external": (c_int, []),
+        }
+        fns = {}
+        for short, (restype, argtypes) in protos.items():
+            try:
+                fn = getattr(lib, prefix + short)
+            except AttributeError:
+                raise ModelError(f"library does not export {prefix + short}: not a qcompiler module of this "
+                                 f"name/version") from None
+            fn.restype = restype
+            fn.argtypes = argtypes
+            fns[short] = fn
+        return fns
+
+    def _check_signature(self) -> None:
+        """The manifest and the library must describe the same signature."""
+        f = self._fn
+        for kind, specs in (("input", self.inputs), ("output", self.outputs)):
+            count = f[f"num_{kind}s"]()
+            lib_specs = []
+            for i in range(count):
+                ndim = f[f"{kind}_ndim"](i)
+                shape_p = f[f"{kind}_shape"](i)
+                lib_specs.append(TensorSpec(f[f"{kind}_name"](i).decode(), tuple(shape_p[k] for k in range(ndim)),
+                                            f[f"{kind}_dtype"](i).decode()))
+            if lib_specs != specs:
+                raise ModelError(f"module {self.name!r}: manifest.json and the library disagree on the {kind}s "
+                                 f"({[str(s) for s in specs]} vs {[str(s) for s in lib_specs]}); re-export it")
+
+    def _create(self, path: str, num_threads: Optional[int]):
+        handle = ctypes.c_void_p()
+        weights = None
+        if self._fn["weights_external"]():
+            wfile = self.manifest.get("weights", {}).get("file") or "weights.bin"
+            weights = os.path.abspath(os.path.join(path, wfile)).encode()
+        rc = self._fn["create"](ctypes.byref(handle), weights, int(num_threads or 0))
+        if rc != 0 or not handle.value:
+            msg = self._fn["last_error"](None).decode(errors="replace")
+            raise ModelError(f"module {self.name!r}: create failed (code {rc}): {msg}")
+        return handle
+
+    # -- running -----------------------------------------------------------------------------------------
+    @property
+    def num_threads(self) -> int:
+        return int(self._fn["num_threads"](self._handle))
+
+    def _check_feeds(self, feeds: Mapping[str, np.ndarray]) -> List[np.ndarray]:
+        if not isinstance(feeds, Mapping):
+            raise RuntimeInputError(f"module {self.name!r}: run() takes a dict {{input name: array}}, got "
+                                    f"{type(feeds).__name__}; inputs are {[str(s) for s in self.inputs]}")
+        expected = [s.name for s in self.inputs]
+        unknown = [k for k in feeds if k not in expected]
+        missing = [k for k in expected if k not in feeds]
+        if unknown or missing:
+            raise RuntimeInputError(f"module {self.name!r}: inputs are {[str(s) for s in self.inputs]}; "
+                                    + (f"missing {missing}" if missing else "")
+                                    + ("; " if missing and unknown else "")
+                                    + (f"unknown {unknown}" if unknown else ""))
+        arrays = []
+        for spec in self.inputs:
+            x = feeds[spec.name]
+            if not isinstance(x, np.ndarray):
+                raise RuntimeInputError(f"module {self.name!r}: input {spec.name!r} must be a numpy array "
+                                        f"({spec}), got {type(x).__name__}")
+            if str(x.dtype) != spec.dtype:
+                raise RuntimeInputError(f"module {self.name!r}: input {spec.name!r} has dtype {x.dtype}, expected "
+                                        f"{spec.dtype}; convert it with x.astype(np.{spec.dtype})")
+            if tuple(x.shape) != spec.shape:
+                raise RuntimeInputError(f"module {self.name!r}: input {spec.name!r} has shape {list(x.shape)}, "
+                                        f"expected {list(spec.shape)}")
+            arrays.append(np.ascontiguousarray(x))
+        return arrays
+
+    def _new_outputs(self) -> List[np.ndarray]:
+        return [_aligned_empty(s.shape, s.dtype) for s in self.outputs]
+
+    def _call(self, arrays: List[np.ndarray], outs: List[np.ndarray]) -> None:
+        if self._handle is None:
+            raise RuntimeInputError(f"module {self.name!r} was closed; load it again")
+        in_ptrs = (ctypes.c_void_p * max(len(arrays), 1))(*[a.ctypes.data for a in arrays])
+        out_ptrs = (ctypes.c_void_p * max(len(outs), 1))(*[o.ctypes.data for o in outs])
+        rc = self._fn["run"](self._handle, len(arrays), in_ptrs, self._in_nbytes, len(outs), out_ptrs,
+                             self._out_nbytes)
+        if rc != 0:
+            msg = self._fn["last_error"](self._handle).decode(errors="replace")
+            raise RuntimeInputError(f"module {self.name!r}: run failed (code {rc}): {msg}")
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """Run once: ``{input name: array}`` -> ``{output name: array}`` (fresh arrays)."""
+        arrays = self._check_feeds(feeds)
+        outs = self._new_outputs()
+        self._call(arrays, outs)
+        return {s.name: o for s, o in zip(self.outputs, outs)}
+
+    def time_runs(self, feeds: Mapping[str, np.ndarray], runs: int = 10, warmup: int = 2) -> List[float]:
+        """Seconds taken by each of ``runs`` runs (after ``warmup`` untimed ones), buffers reused."""
+        arrays = self._check_feeds(feeds)
+        outs = self._new_outputs()
+        for _ in range(warmup):
+            self._call(arrays, outs)
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            self._call(arrays, outs)
+            times.append(time.perf_counter() - t0)
+        return times
+
+    # -- lifetime ----------------------------------------------------------------------------------------
+    def close(self) -> None:
+        handle, self._handle = getattr(self, "_handle", None), None
+        if handle is not None and handle.value:
+            self._fn["destroy"](handle)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        return (f"<NativeModule {self.name} ({self.path}): inputs {[str(s) for s in self.inputs]}, "
+                f"outputs {[str(s) for s in self.outputs]}>")
+
+
+def _aligned_empty(shape, dtype) -> np.ndarray:
+    """An uninitialised array whose data is 64-byte aligned (kernels write into it directly)."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + _ALIGN, dtype=np.uint8)
+    start = (-raw.ctypes.data) % _ALIGN
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
