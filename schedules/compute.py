@@ -18,7 +18,7 @@ import numpy as np
 import tvm
 from tvm import te
 
-from .kernel import Plan, Stages, TensorSpec, Workload, ceil_div
+from .kernel import Plan, Stages, Workload, ceil_div
 
 
 def placeholders(plan: Plan) -> Dict[int, te.Tensor]:
@@ -345,7 +345,7 @@ def pool2d(wl: Workload, plan: Plan, cfg: dict, kind: str) -> Stages:
     x = arg_for(plan, ph, "input", 0)
     ky = te.reduce_axis((0, kh), name="ky")
     kx = te.reduce_axis((0, kw), name="kx")
-    dt = x.dtype
+    xdt = x.dtype
 
     def tap(nn, cc, y, xx):
         iy = y * sh + ky * dh - pt
@@ -353,7 +353,7 @@ def pool2d(wl: Workload, plan: Plan, cfg: dict, kind: str) -> Stages:
         return iy, ix, tvm.tirx.all(iy >= 0, iy < h, ix >= 0, ix < w)
 
     if kind == "max":
-        lowest = te.min_value(dt)
+        lowest = te.min_value(xdt)
 
         def body(nn, cc, y, xx):
             iy, ix, inside = tap(nn, cc, y, xx)
@@ -364,7 +364,7 @@ def pool2d(wl: Workload, plan: Plan, cfg: dict, kind: str) -> Stages:
 
     def body_sum(nn, cc, y, xx):
         iy, ix, inside = tap(nn, cc, y, xx)
-        return te.sum(tvm.tirx.if_then_else(inside, x[nn, cc, iy, ix], tvm.tirx.const(0, dt)), axis=[ky, kx])
+        return te.sum(tvm.tirx.if_then_else(inside, x[nn, cc, iy, ix], tvm.tirx.const(0, xdt)), axis=[ky, kx])
 
     acc = te.compute((n, c, oh, ow), body_sum, name="acc")
     include_pad = bool(wl.attr("count_include_pad", 0))
@@ -379,7 +379,7 @@ def pool2d(wl: Workload, plan: Plan, cfg: dict, kind: str) -> Stages:
 
     def out_body(nn, cc, y, xx):
         cnt = count_1d(y, sh, dh, kh, pt, h, pb) * count_1d(xx, sw, dw, kw, pl, w, pr)
-        return acc[nn, cc, y, xx] / cnt.astype(dt)
+        return acc[nn, cc, y, xx] / cnt.astype(xdt)
 
     out = te.compute((n, c, oh, ow), out_body, name="out")
     return Stages(ordered(plan, ph, [out]), {"acc": acc, "out": out})

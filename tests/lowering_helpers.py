@@ -4,7 +4,7 @@ reference executor (the compiled objects of the LoweredGraph, linked and loaded 
 from __future__ import annotations
 
 import itertools
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 

@@ -198,18 +198,28 @@ def sample_input(name: str, seed: int = 0) -> np.ndarray:
     return rng.standard_normal(NETS[name].input_shape).astype(np.float32)
 
 
-def export_onnx(name: str, directory, dynamo: bool = False, seed: int = 0) -> Path:
-    """Export network ``name`` to ``directory/<name>[_dynamo].onnx`` and return the path.
+def onnx_file_name(name: str, dynamo: bool = False, keep_batchnorm: bool = False) -> str:
+    return f"{name}{'_dynamo' if dynamo else ''}{'_bn' if keep_batchnorm else ''}.onnx"
+
+
+def export_onnx(name: str, directory, dynamo: bool = False, keep_batchnorm: bool = False,
+                seed: int = 0) -> Path:
+    """Export network ``name`` into ``directory`` and return the path of the .onnx file.
 
     ``dynamo=False`` uses the legacy TorchScript exporter at opset 17; ``dynamo=True`` the default
-    torch.export-based exporter (needs onnxscript), which picks its own opset. Either way the single
-    input is named ``input`` and the output ``logits``, with static shapes.
+    torch.export-based exporter (needs onnxscript), which picks its own opset. Both exporters fold
+    eval-mode BatchNorm into the preceding Conv; ``keep_batchnorm=True`` (legacy exporter only)
+    exports with ``TrainingMode.PRESERVE`` instead, so the file holds explicit inference-mode
+    ``BatchNormalization`` nodes. The single input is named ``input`` and the output ``logits``, with
+    static shapes.
     """
     import torch
 
+    if dynamo and keep_batchnorm:
+        raise ValueError("keep_batchnorm needs the legacy exporter (dynamo=False)")
     model = build(name, seed=seed)
     example = torch.from_numpy(sample_input(name, seed=seed))
-    path = Path(directory) / f"{name}{'_dynamo' if dynamo else ''}.onnx"
+    path = Path(directory) / onnx_file_name(name, dynamo, keep_batchnorm)
     os.makedirs(path.parent, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # exporter chatter (TracerWarning, deprecation notes)
@@ -218,8 +228,10 @@ def export_onnx(name: str, directory, dynamo: bool = False, seed: int = 0) -> Pa
                                         output_names=[OUTPUT_NAME], verbose=False)
             program.save(str(path))
         else:
+            # PRESERVE exports the module in the mode it is in (eval) without the Conv+BN fusion
+            training = torch.onnx.TrainingMode.PRESERVE if keep_batchnorm else torch.onnx.TrainingMode.EVAL
             torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=OPSET,
-                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
+                              training=training, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
     return path
 
 

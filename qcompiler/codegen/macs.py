@@ -31,7 +31,6 @@ def node_macs(graph: Graph, node: Node) -> int:
     if out is None:
         return 0
     x = _shape(graph, node.input(0))
-    w = _shape(graph, node.input(1))
     if op in ("Conv", "QConv2d", "ConvInteger", "QLinearConv", "BinaryConv2d", "BitserialConv2d"):
         return _conv_macs(graph, node, out)
     if op in ("BinaryDense", "BitserialDense"):

@@ -2,9 +2,10 @@
 
 ``qc.load(dir)`` returns an :class:`EmulatedModule` when the module's target cannot run natively
 (e.g. an ``rpi4`` module on an x86 workstation) and says so: a log line, and ``module.emulated`` is
-True with ``module.emulator`` holding the command. Each ``run`` writes the inputs as ``.npy`` files
-in a temporary directory, starts ``<emulator> <dir>/runner name=in.npy ...`` and reads the outputs
-back, so it measures correctness, not the board's speed (``bench`` numbers are emulated time).
+True with ``module.emulator`` holding the command. It has the loaded module's interface (``run``,
+``time_runs``, ``inputs``/``outputs``, ``close``). Each ``run`` writes the inputs as ``.npy`` files
+in a temporary directory, starts ``<emulator> <dir>/runner name=in0.npy ...`` and reads the outputs
+back: it checks results, not the board's speed (``time_runs`` measures emulated time).
 
 >>> m = qc.load("build/net-rpi4")                         # doctest: +SKIP
 >>> m.emulated, m.emulator[:3]                            # doctest: +SKIP
@@ -22,14 +23,42 @@ from typing import Dict, List, Mapping, Optional
 
 import numpy as np
 
-from qcompiler.errors import TargetError
+from qcompiler.errors import RuntimeInputError, TargetError
 
 from . import board
+from .loader import TensorSpec, check_runs_here
 
 log = logging.getLogger(__name__)
 
-#: Seconds one emulated run may take before it is stopped (qemu is ~10-50x slower than native).
+#: Seconds one emulated runner process may take before it is stopped (qemu is ~10-50x slower).
 TIMEOUT_S = 600
+
+
+def emulator_for(target) -> List[str]:
+    """The emulator command for a module's target (as rebuilt from its manifest), from the target
+    registry; a TargetError saying why when the module can run neither natively nor emulated."""
+    from qcompiler.targets import get_target, list_targets
+
+    try:
+        check_runs_here(target)
+    except TargetError as native_error:
+        why = str(native_error)
+    else:
+        raise TargetError(f"target {target.name!r} runs natively here: no emulator needed")
+    if target.name not in list_targets():
+        raise TargetError(f"{why}; and {target.name!r} is not a known target, so its emulator is unknown")
+    known = get_target(target.name)
+    if known.mtriple != target.mtriple:
+        raise TargetError(f"{why}; and target {target.name!r} now means {known.mtriple}, not the module's "
+                          f"{target.mtriple}: rebuild the module")
+    try:
+        return known.find_emulator() or []
+    except TargetError as e:
+        raise TargetError(f"{why}; emulation is not possible either: {e}") from None
+
+
+def load_emulated(path: str, manifest: dict, target, num_threads: Optional[int] = None) -> "EmulatedModule":
+    return EmulatedModule(path, manifest, target, emulator_for(target), num_threads)
 
 
 class EmulatedModule:
@@ -37,64 +66,71 @@ class EmulatedModule:
 
     emulated = True
 
-    def __init__(self, path: str, target, num_threads: Optional[int] = None):
+    def __init__(self, path: str, manifest: dict, target, emulator: List[str], num_threads: Optional[int] = None):
         self.path = os.path.abspath(os.fspath(path))
+        self.manifest = manifest
+        self.name = manifest["name"]
         self.target = target
-        self.num_threads = num_threads
+        self.emulator = list(emulator)
+        self._num_threads = num_threads
+        self.inputs: List[TensorSpec] = [TensorSpec.from_manifest(d) for d in manifest["inputs"]]
+        self.outputs: List[TensorSpec] = [TensorSpec.from_manifest(d) for d in manifest["outputs"]]
         self.runner = os.path.join(self.path, board.RUNNER)
         if not os.path.isfile(self.runner):
-            raise TargetError(f"module {self.path} (target {target.name}) has no {board.RUNNER} executable to run "
-                              f"under emulation; re-export it with a qcompiler that builds the runner")
-        self.emulator: List[str] = target.find_emulator() or []
-        info = self._call(["--info"], cwd=self.path, what="reading the module signature")
-        self.inputs, self.outputs = board.parse_info(info.stdout)
-        log.info("target %s cannot run on this machine: running module %s under emulation (%s)",
-                 target.name, self.path, " ".join(self.emulator))
+            raise TargetError(f"module {self.name!r} in {self.path} (target {target.name}) cannot run here and has "
+                              f"no {board.RUNNER} executable to run under emulation; re-export it")
+        info = self._call(["--info"], cwd=self.path, what="reading the signature")
+        runner_in, runner_out = board.parse_info(info.stdout)
+        where = f"module {self.name!r} in {self.path}"
+        board.check_signature(runner_in, self.inputs, "input", where)
+        board.check_signature(runner_out, self.outputs, "output", where)
+        self._closed = False
+        log.info("module %s is built for %s, which this machine cannot run: running it under emulation (%s)",
+                 self.name, target.name, " ".join(self.emulator))
 
     @property
-    def input_names(self) -> List[str]:
-        return [s.name for s in self.inputs]
+    def num_threads(self) -> int:
+        return int(self._num_threads or os.cpu_count() or 1)
 
-    @property
-    def output_names(self) -> List[str]:
-        return [s.name for s in self.outputs]
+    def run(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """Run once under the emulator: ``{input name: array}`` -> ``{output name: array}``."""
+        return self._invoke(feeds, bench=0)[0]
 
-    def run(self, inputs: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        """Run once under the emulator; returns {output name: array}."""
-        feeds = board.check_feeds(self.inputs, inputs)
+    def time_runs(self, feeds: Mapping[str, np.ndarray], runs: int = 10, warmup: int = 2) -> List[float]:
+        """Seconds of each of ``runs`` runs inside one emulated process (emulated time, not the board's)."""
+        return board.parse_times(self._invoke(feeds, bench=runs, warmup=warmup)[1])
+
+    def _invoke(self, feeds, bench: int, warmup: int = 1):
+        if self._closed:
+            raise RuntimeInputError(f"module {self.name!r} was closed; load it again")
+        checked = board.check_feeds(self.inputs, feeds, self.name)
         with tempfile.TemporaryDirectory(prefix="qc-emu-") as tmp:
-            args = board.stage_inputs(tmp, feeds)
+            args = board.stage_inputs(tmp, checked)
             os.mkdir(os.path.join(tmp, "out"))
-            self._call(args + board.runner_options(self.num_threads), cwd=tmp, what="run")
-            return board.collect_outputs(os.path.join(tmp, "out"), self.outputs)
-
-    def bench(self, inputs: Optional[Mapping[str, np.ndarray]] = None, repeat: int = 10,
-              warmup: int = 1) -> Dict[str, float]:
-        """Latency of ``repeat`` runs inside one emulated process (emulated time, not the board's)."""
-        if inputs is None:
-            inputs = {s.name: np.zeros(s.shape, s.dtype) for s in self.inputs}
-        feeds = board.check_feeds(self.inputs, inputs)
-        with tempfile.TemporaryDirectory(prefix="qc-emu-") as tmp:
-            args = board.stage_inputs(tmp, feeds)
-            os.mkdir(os.path.join(tmp, "out"))
-            opts = board.runner_options(self.num_threads, bench=repeat, warmup=warmup)
-            result = self._call(args + opts, cwd=tmp, what="bench")
-        stats = board.parse_latency(result.stdout)
-        stats["emulated"] = True
-        return stats
+            opts = board.runner_options(self._num_threads, bench=bench, warmup=warmup)
+            result = self._call(args + opts, cwd=tmp, what="run")
+            return board.collect_outputs(os.path.join(tmp, "out"), self.outputs), result.stdout
 
     def _call(self, args: List[str], cwd: str, what: str) -> subprocess.CompletedProcess:
         cmd = [*self.emulator, self.runner, *args]
         log.debug("emulated %s: %s", what, " ".join(cmd))
+        where = f"module {self.name!r} ({self.target.name}) under {self.emulator[0] if self.emulator else 'no emulator'}"
         try:
             result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            raise board.RunnerError(f"{self.target.name} module under {self.emulator[0]}: {what} took longer "
-                                    f"than {TIMEOUT_S} s and was stopped") from None
-        board.raise_for_exit(result.returncode, result.stderr,
-                             f"{self.target.name} module under {self.emulator[0] if self.emulator else 'native'} "
-                             f"({what})")
+            raise board.RunnerError(f"{where}: {what} took longer than {TIMEOUT_S} s and was stopped") from None
+        board.raise_for_exit(result.returncode, result.stderr, f"{where} ({what})")
         return result
 
+    def close(self) -> None:
+        self._closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
     def __repr__(self) -> str:
-        return f"EmulatedModule({self.path!r}, target={self.target.name!r}, emulator={self.emulator[0]!r})"
+        return (f"<EmulatedModule {self.name} ({self.path}) for {self.target.name} under "
+                f"{' '.join(self.emulator)}: inputs {[str(s) for s in self.inputs]}>")

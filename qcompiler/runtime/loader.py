@@ -107,7 +107,11 @@ def load(path, num_threads: Optional[int] = None) -> "NativeModule":
         raise RuntimeInputError(f"num_threads must be a positive integer, got {num_threads!r}")
     path = os.fspath(path)
     manifest = read_manifest(path)
-    check_runs_here(manifest_target(manifest))
+    target = manifest_target(manifest)
+    if not target.runs_natively():
+        from .emulate import load_emulated   # qemu-user through the module's runner; logs that it does
+
+        return load_emulated(path, manifest, target, num_threads)
     return NativeModule(path, manifest, num_threads)
 
 
@@ -116,6 +120,8 @@ class NativeModule:
 
     One instance is one model (one arena, one thread pool): call ``run`` from one thread at a time.
     """
+
+    emulated = False   # see runtime/emulate.py for modules of targets this machine cannot run
 
     def __init__(self, path: str, manifest: dict, num_threads: Optional[int] = None):
         self.path = path
