@@ -200,6 +200,10 @@ def test_lower_config_validates():
         LowerConfig(cache_size=-1)
     with pytest.raises(ConfigError):
         LowerConfig(symbol_prefix="no-dash")
+    with pytest.raises(ConfigError, match="unknown lowering option"):
+        lower_graph(small_cnn(), "host", config={"bogus": 1})
+    with pytest.raises(ConfigError, match="tuning file"):
+        lower_graph(small_cnn(), "host", tuning="/nonexistent/tuning.json")
 
 
 @pytest.mark.parametrize("target", ["x86-avx2", "aarch64", "rpi3-armv7", "riscv64-rvv"])

@@ -81,6 +81,40 @@ def workload_of(graph: Graph, node: Node):
     return Workload.make(node.op, inputs, outputs, attrs, scalars)
 
 
+def _as_config(config) -> LowerConfig:
+    from ..errors import ConfigError
+
+    if config is None:
+        return LowerConfig()
+    if isinstance(config, LowerConfig):
+        return config
+    if isinstance(config, Mapping):
+        unknown = sorted(set(config) - set(LowerConfig.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(f"unknown lowering option(s) {unknown}; known: "
+                              f"{sorted(LowerConfig.__dataclass_fields__)}")
+        return LowerConfig(**config)
+    raise ConfigError(f"lowering config must be a LowerConfig or a dict, got {type(config).__name__}")
+
+
+def _as_tuning(tuning):
+    """A tuning mapping; a path names a JSON file holding one (``{"<impl>|<workload key>": knobs}``)."""
+    from ..errors import ConfigError
+
+    if tuning is None or isinstance(tuning, Mapping) or hasattr(tuning, "best_config"):
+        return tuning
+    if isinstance(tuning, (str, os.PathLike)):
+        try:
+            with open(tuning) as f:
+                data = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"cannot read tuning file {os.fspath(tuning)!r}: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"tuning file {os.fspath(tuning)!r} must hold a JSON object")
+        return data
+    raise ConfigError(f"tuning must be a mapping, a path or a tuning log, got {type(tuning).__name__}")
+
+
 def _tuned(tuning, impl_name: str, wl) -> Optional[Mapping[str, Any]]:
     if tuning is None:
         return None
@@ -147,15 +181,17 @@ def kernel_symbol(prefix: str, kind: str, impl_name: str, wl, cfg: Mapping[str, 
 def lower_graph(graph: Graph, target, config: Optional[LowerConfig] = None, tuning=None) -> LoweredGraph:
     """Lower every node of ``graph`` to a kernel call (or an alias) for ``target``.
 
-    ``target``: a :class:`qcompiler.targets.Target` or a target name. ``tuning``: optional mapping
-    from ``"<impl name>|<workload key>"`` (or just the workload key) to schedule knobs, or an
-    object with ``best_config(impl_name, workload_key) -> dict | None``.
+    ``target``: a :class:`qcompiler.targets.Target` or a target name. ``config``: a
+    :class:`LowerConfig` or a dict of its fields. ``tuning``: optional mapping from
+    ``"<impl name>|<workload key>"`` (or just the workload key) to schedule knobs, a path to a JSON
+    file holding such a mapping, or an object with ``best_config(impl_name, workload_key)``.
     """
     from ..schedules.select import select
     from ..targets import resolve
 
     target = resolve(target)
-    config = config or LowerConfig()
+    config = _as_config(config)
+    tuning = _as_tuning(tuning)
     out_graph = graph.copy()
     calls: List[KernelCall] = []
     records: List[KernelRecord] = []
