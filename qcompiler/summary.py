@@ -6,8 +6,10 @@ user reads before compiling are the ones recorded after.
 Conventions:
 - *parameters* are the elements of the constant tensors that nodes read: weights, biases, BN
   statistics, quantization scales/zero points and small constants such as Clip bounds or Reshape
-  shapes. A bit-packed constant counts its logical elements (one per weight); its bytes are what it
-  occupies packed. A constant read by several nodes appears in each node's row but once in the total.
+  shapes. A bit-packed constant whose value carries a :class:`~qcompiler.ir.Packing` with a
+  logical shape counts its logical elements (one per weight); without one, its stored words. Bytes
+  are always what the constant occupies as stored. A constant read by several nodes appears in each
+  node's row but once in the total.
 - *MACs* come from :func:`qcompiler.codegen.macs.node_macs` (logical products, so they compare
   across bit-widths).
 """
@@ -15,7 +17,7 @@ Conventions:
 from __future__ import annotations
 
 from collections import Counter
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 from .codegen.macs import node_macs
 from .ir import Graph, Value
@@ -29,10 +31,6 @@ def _param_elements(v: Value) -> int:
             n *= int(d)
         return n
     return v.size
-
-
-def _bits(v: Optional[Value]) -> Optional[int]:
-    return None if v is None or v.quant is None else int(v.quant.bits)
 
 
 def _tensor(v: Value) -> dict:
@@ -51,8 +49,7 @@ def summarize(graph: Graph) -> dict:
     descriptions when set), ``num_nodes``, ``ops`` (op -> count, most frequent first), ``params`` and
     ``param_bytes`` (totals over distinct constants), ``macs`` (total), and ``layers``: one row per
     node in execution order with ``name``, ``op``, ``output_shape`` (first output),
-    ``output_dtype``, ``params``, ``param_bytes``, ``macs``, ``weight_bits`` and ``output_bits``
-    (None for float tensors).
+    ``output_dtype``, ``params``, ``param_bytes`` and ``macs``.
 
     >>> s = summarize(qc.from_onnx("model.onnx"))     # doctest: +SKIP
     >>> s["macs"], s["params"]                        # doctest: +SKIP
@@ -63,7 +60,6 @@ def summarize(graph: Graph) -> dict:
         consts = [graph.values[i] for i in dict.fromkeys(node.inputs) if i and graph.values[i].is_const]
         used_consts.update((c.name, c) for c in consts)
         out = graph.values[node.outputs[0]] if node.outputs else None
-        quantized_consts = [c for c in consts if c.quant is not None]
         layers.append({
             "name": node.name,
             "op": node.op,
@@ -72,8 +68,6 @@ def summarize(graph: Graph) -> dict:
             "params": sum(_param_elements(c) for c in consts),
             "param_bytes": sum(c.nbytes for c in consts),
             "macs": int(node_macs(graph, node)),
-            "weight_bits": _bits(quantized_consts[0]) if quantized_consts else None,
-            "output_bits": _bits(out),
         })
     ops = Counter(n.op for n in graph.nodes)
     return {

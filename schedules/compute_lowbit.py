@@ -349,11 +349,9 @@ class LowbitKernel:
     notes: List[str] = field(default_factory=list)
 
 
-def prepare_conv_constants(wl: LowbitConvWorkload, ov: int, weights: np.ndarray,
-                           epilogue_inputs: Sequence[np.ndarray]) -> Dict[str, np.ndarray]:
-    """Kernel-layout constants from the node's constant inputs (weights and epilogue vectors)."""
+def conv_weight_constant(wl: LowbitConvWorkload, ov: int, weights: np.ndarray) -> np.ndarray:
+    """Conv weights in the kernel layout ``[O_pad/ov, KH, KW, (planes,) Cgw, ov]``."""
     g = wl.geom
-    o_pad = padded_channels(g.o, ov, wl.epilogue)
     wdt = np.dtype(f"uint{wl.word_bits}")
     expect = ((g.o, g.kh, g.kw, wl.cgw) if wl.binary else (g.o, g.kh, g.kw, wl.weight_bits, wl.cgw))
     weights = np.asarray(weights)
@@ -361,19 +359,32 @@ def prepare_conv_constants(wl: LowbitConvWorkload, ov: int, weights: np.ndarray,
         raise ShapeError(f"{wl.op}: weights must be {wdt}{list(expect)}, got {weights.dtype}{list(weights.shape)}")
     if not wl.binary and wl.w_offset:
         weights = np.concatenate([weights, _ones_plane(weights.shape[:3] + (1,), g.cg, wl.word_bits)], axis=3)
-    out = {"w": _block_out_channels(weights, ov, o_pad)}
+    return _block_out_channels(weights, ov, padded_channels(g.o, ov, wl.epilogue))
+
+
+def conv_base_constant(wl: LowbitConvWorkload, ov: int, weights: np.ndarray) -> np.ndarray:
+    """Binary conv: the int32 ``[rows, cols, O_pad]`` base/padding-correction table (o contiguous)."""
+    g = wl.geom
+    table = binary_conv_base_table(wl, np.asarray(weights))           # [O, rows, cols]
+    padded = np.zeros(table.shape[1:] + (padded_channels(g.o, ov, wl.epilogue),), np.int32)
+    padded[..., : g.o] = np.moveaxis(table, 0, -1)
+    return padded
+
+
+def prepare_conv_constants(wl: LowbitConvWorkload, ov: int, weights: np.ndarray,
+                           epilogue_inputs: Sequence[np.ndarray]) -> Dict[str, np.ndarray]:
+    """Kernel-layout constants from the node's constant inputs (weights and epilogue vectors)."""
+    g = wl.geom
+    out = {"w": conv_weight_constant(wl, ov, weights)}
     if wl.binary:
-        table = binary_conv_base_table(wl, weights)               # [O, rows, cols]
-        padded = np.zeros(table.shape[1:] + (o_pad,), np.int32)   # [rows, cols, O_pad]: o contiguous
-        padded[..., : g.o] = np.moveaxis(table, 0, -1)
-        out["base"] = padded
-    out.update(_prepare_epilogue(wl.epilogue, g.o, o_pad, epilogue_inputs, wl.op))
+        out["base"] = conv_base_constant(wl, ov, weights)
+    out.update(_prepare_epilogue(wl.epilogue, g.o, padded_channels(g.o, ov, wl.epilogue), epilogue_inputs,
+                                 wl.op))
     return out
 
 
-def prepare_dense_constants(wl: LowbitDenseWorkload, ov: int, weights: np.ndarray,
-                            epilogue_inputs: Sequence[np.ndarray]) -> Dict[str, np.ndarray]:
-    n_pad = padded_channels(wl.n, ov, wl.epilogue)
+def dense_weight_constant(wl: LowbitDenseWorkload, ov: int, weights: np.ndarray) -> np.ndarray:
+    """Dense weights in the kernel layout ``[N_pad/ov, (planes,) Kw, ov]``."""
     wdt = np.dtype(f"uint{wl.word_bits}")
     expect = (wl.n, wl.kw) if wl.binary else (wl.n, wl.weight_bits, wl.kw)
     weights = np.asarray(weights)
@@ -381,9 +392,30 @@ def prepare_dense_constants(wl: LowbitDenseWorkload, ov: int, weights: np.ndarra
         raise ShapeError(f"{wl.op}: weights must be {wdt}{list(expect)}, got {weights.dtype}{list(weights.shape)}")
     if not wl.binary and wl.w_offset:
         weights = np.concatenate([weights, _ones_plane((wl.n, 1), wl.k, wl.word_bits)], axis=1)
-    out = {"w": _block_out_channels(weights, ov, n_pad)}
-    out.update(_prepare_epilogue(wl.epilogue, wl.n, n_pad, epilogue_inputs, wl.op))
+    return _block_out_channels(weights, ov, padded_channels(wl.n, ov, wl.epilogue))
+
+
+def prepare_dense_constants(wl: LowbitDenseWorkload, ov: int, weights: np.ndarray,
+                            epilogue_inputs: Sequence[np.ndarray]) -> Dict[str, np.ndarray]:
+    out = {"w": dense_weight_constant(wl, ov, weights)}
+    out.update(_prepare_epilogue(wl.epilogue, wl.n, padded_channels(wl.n, ov, wl.epilogue), epilogue_inputs,
+                                 wl.op))
     return out
+
+
+def epilogue_vector_names(ep: Epilogue) -> Tuple[str, ...]:
+    """Names (``ep_<name>`` in the kernels) of the epilogue's per-channel inputs, in node order."""
+    return tuple(s[0] for s in _epilogue_vector_spec(ep))
+
+
+def epilogue_vector_constant(ep: Epilogue, index: int, o: int, o_pad: int, arr: np.ndarray, opname: str
+                             ) -> np.ndarray:
+    """Epilogue input ``index`` checked and padded to ``o_pad`` channels (the kernel's layout)."""
+    spec = _epilogue_vector_spec(ep)
+    inputs: List[Optional[np.ndarray]] = [np.zeros(o, dt) if i != index else arr for i, (_, dt) in enumerate(spec)]
+    if spec[index][0] != "shift" and any(n == "shift" for n, _ in spec):
+        inputs = [np.ones(o, dt) if n == "shift" else v for (n, dt), v in zip(spec, inputs)]
+    return _prepare_epilogue(ep, o, o_pad, inputs, opname)["ep_" + spec[index][0]]
 
 
 _EPILOGUE_VECTORS = {

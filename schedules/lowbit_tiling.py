@@ -72,19 +72,24 @@ def _fit_lanes(cfg: LowbitConfig, channels_per_group: int, groups: int) -> Lowbi
     return cfg.replace(lanes=lanes, o_vectors=ov)
 
 
-def schedule_conv(wl: LowbitConvWorkload, cfg: LowbitConfig, weights, epilogue_inputs, impl: str
-                  ) -> LowbitKernel:
-    """Build the scheduled PrimFunc of a low-bit conv (see the module docstring for the loop nest)."""
-    from tvm import te, s_tir
+def fit_config(cfg: LowbitConfig, wl) -> LowbitConfig:
+    """The knobs a workload can use: grouped convs keep each channel block inside one group."""
+    if isinstance(wl, LowbitConvWorkload):
+        return _fit_lanes(cfg, wl.geom.og, wl.geom.groups)
+    return cfg
 
-    cfg = _fit_lanes(cfg, wl.geom.og, wl.geom.groups)
-    ov = cfg.lanes * cfg.o_vectors  # weight blocking = whole register tile of channels
-    st = lowbit_conv_compute(wl, ov, cfg.spatial_tile)
-    consts = prepare_conv_constants(wl, ov, weights, epilogue_inputs)
-    func = te.create_prim_func(st.params)
-    sch = s_tir.Schedule(func)
-    pop = sch.get_sblock("pop")
-    out = sch.get_sblock("out")
+
+def conv_blocks(sch, pop: str = "pop", out: str = "out", pad: str = "pad"):
+    return sch.get_sblock(pop), sch.get_sblock(out), sch.get_sblock(pad)
+
+
+def apply_conv_schedule(sch, wl: LowbitConvWorkload, cfg: LowbitConfig, blocks=("pop", "out", "pad")) -> None:
+    """Schedule the stages of :func:`lowbit_conv_compute` (blocks named ``blocks``) in ``sch``.
+
+    ``cfg`` must already be fitted (:func:`fit_config`) and the compute built with its ``ov`` and
+    ``spatial_tile``.
+    """
+    pop, out, pad = conv_blocks(sch, *blocks)
     loops = sch.get_loops(pop)
     n, o, oh, ow = loops[:4]
     red = loops[4:]
@@ -116,26 +121,31 @@ def schedule_conv(wl: LowbitConvWorkload, cfg: LowbitConfig, weights, epilogue_i
     outer = sch.fuse(n, oh)
     if cfg.parallel == "outer":
         sch.parallel(outer)
-        pad_loops = sch.get_loops(sch.get_sblock("pad"))
+        pad_loops = sch.get_loops(pad)
         sch.parallel(sch.fuse(pad_loops[0], pad_loops[1]))
     sch.decompose_reduction(pop, red[0])
+
+
+def schedule_conv(wl: LowbitConvWorkload, cfg: LowbitConfig, weights, epilogue_inputs, impl: str
+                  ) -> LowbitKernel:
+    """Build the scheduled PrimFunc of a low-bit conv (see the module docstring for the loop nest)."""
+    from tvm import te, s_tir
+
+    cfg = fit_config(cfg, wl)
+    ov = cfg.lanes * cfg.o_vectors  # weight blocking = whole register tile of channels
+    st = lowbit_conv_compute(wl, ov, cfg.spatial_tile)
+    consts = prepare_conv_constants(wl, ov, weights, epilogue_inputs)
+    sch = s_tir.Schedule(te.create_prim_func(st.params))
+    apply_conv_schedule(sch, wl, cfg)
     return LowbitKernel(impl=impl, func=sch.mod["main"],
                         params=kernel_params(st.param_names, st.params, consts),
                         config=dict(cfg.as_dict(), word_bits=wl.word_bits), macs=wl.geom.macs)
 
 
-def schedule_dense(wl: LowbitDenseWorkload, cfg: LowbitConfig, weights, epilogue_inputs, impl: str
-                   ) -> LowbitKernel:
-    """Build the scheduled PrimFunc of a low-bit dense layer."""
-    from tvm import te, s_tir
-
-    ov = cfg.lanes * cfg.o_vectors
-    st = lowbit_dense_compute(wl, ov, cfg.spatial_tile)
-    consts = prepare_dense_constants(wl, ov, weights, epilogue_inputs)
-    func = te.create_prim_func(st.params)
-    sch = s_tir.Schedule(func)
-    pop = sch.get_sblock("pop")
-    out = sch.get_sblock("out")
+def apply_dense_schedule(sch, wl: LowbitDenseWorkload, cfg: LowbitConfig, blocks=("pop", "out")) -> None:
+    """Schedule the stages of :func:`lowbit_dense_compute` in ``sch``."""
+    pop = sch.get_sblock(blocks[0])
+    out = sch.get_sblock(blocks[1])
     loops = sch.get_loops(pop)
     m, n = loops[:2]
     red = loops[2:]
@@ -158,6 +168,18 @@ def schedule_dense(wl: LowbitDenseWorkload, cfg: LowbitConfig, weights, epilogue
     if cfg.parallel == "outer":
         sch.parallel(mo if packed else sch.fuse(mo, no))
     sch.decompose_reduction(pop, red[0])
+
+
+def schedule_dense(wl: LowbitDenseWorkload, cfg: LowbitConfig, weights, epilogue_inputs, impl: str
+                   ) -> LowbitKernel:
+    """Build the scheduled PrimFunc of a low-bit dense layer."""
+    from tvm import te, s_tir
+
+    ov = cfg.lanes * cfg.o_vectors
+    st = lowbit_dense_compute(wl, ov, cfg.spatial_tile)
+    consts = prepare_dense_constants(wl, ov, weights, epilogue_inputs)
+    sch = s_tir.Schedule(te.create_prim_func(st.params))
+    apply_dense_schedule(sch, wl, cfg)
     return LowbitKernel(impl=impl, func=sch.mod["main"],
                         params=kernel_params(st.param_names, st.params, consts),
                         config=dict(cfg.as_dict(), word_bits=wl.word_bits), macs=wl.macs)

@@ -36,7 +36,9 @@ def node_macs(graph: Graph, node: Node) -> int:
     if op in ("BinaryDense", "BitserialDense"):
         m = int(out[0])
         v = graph.values[node.outputs[0]]
-        n = int(v.packing.logical_shape[1]) if v.packing else int(out[1])
+        # w is [N, Kw] / [N, k, Kw]: N from it, since a packed output's out[1] counts words
+        w = _shape(graph, node.input(1))
+        n = int(v.packing.logical_shape[1]) if v.packing else int(w[0]) if w is not None else int(out[1])
         return m * n * int(node.attrs.get("in_features", 0))
     if op == "Gemm" and x is not None:
         k = x[0] if node.attrs.get("transA", 0) else x[1]
@@ -62,7 +64,9 @@ def _conv_macs(graph: Graph, node: Node, out) -> int:
         if logical is not None:
             return _prod(logical) * per_out
         if v.dtype.startswith("uint") and len(out) == 4 and "out_word_bits" in node.attrs:
-            return 0  # packed output without a logical shape: unknown channel count
+            # packed NHWC output [N, OH, OW, words]: O from the weights [O, KH, KW, (k,) Cw]
+            w = _shape(graph, node.input(1))
+            return int(out[0]) * int(w[0]) * int(out[1]) * int(out[2]) * per_out if w is not None else 0
         return _prod(out) * per_out
     w = _shape(graph, node.input(3 if node.op == "QLinearConv" else 1))
     if w is None:

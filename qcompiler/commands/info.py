@@ -70,7 +70,7 @@ def format_summary(s: dict) -> List[str]:
 
 
 def _layer_table(layers: List[dict], total_macs: int) -> List[str]:
-    rows = [(row["name"], row["op"], _shape(row["output_shape"]) + _bits_note(row),
+    rows = [(row["name"], row["op"], f"{row['output_dtype']}{_shape(row['output_shape'])}",
              f"{row['params']:,}", f"{row['macs']:,}",
              f"{100.0 * row['macs'] / total_macs:.1f}" if total_macs else "-") for row in layers]
     header = ("layer", "op", "output", "params", "MACs", "%MACs")
@@ -88,10 +88,3 @@ def _layer_table(layers: List[dict], total_macs: int) -> List[str]:
     out += [line(r) for r in rows]
     out.append(f"total MACs: {total_macs:,}")
     return out
-
-
-def _bits_note(row: dict) -> str:
-    bits = [f"w{row['weight_bits']}" if row.get("weight_bits") else "",
-            f"a{row['output_bits']}" if row.get("output_bits") else ""]
-    note = "/".join(b for b in bits if b)
-    return f" {note}" if note else ""
