@@ -180,3 +180,7 @@ def get_impl(kind: str, family: str) -> KernelImpl:
         _IMPLS[key] = KernelImpl(name=f"{kind}__{family}", plan=plan, compute=comp, schedule=sched,
                                  default_config=lambda wl, target, kind=kind, d=defaults: d(kind, wl, target))
     return _IMPLS[key]
+
+
+# the low-bit kinds register themselves (bottom import: they use ``register`` above)
+from . import lowbit_impls as _lowbit_impls  # noqa: E402,F401

@@ -183,3 +183,20 @@ def schedule_dense(wl: LowbitDenseWorkload, cfg: LowbitConfig, weights, epilogue
     return LowbitKernel(impl=impl, func=sch.mod["main"],
                         params=kernel_params(st.param_names, st.params, consts),
                         config=dict(cfg.as_dict(), word_bits=wl.word_bits), macs=wl.macs)
+
+
+def apply_packed_schedule(sch, block: str, n_reduce: int, parallel: bool) -> None:
+    """BitPack / BitUnpack / PackedMaxPool: the (short) reduction loops unrolled, the two outermost
+    output loops fused into one parallel loop, the innermost output loop vectorized when nothing
+    reduces inside it (BitUnpack)."""
+    blk = sch.get_sblock(block)
+    loops = sch.get_loops(blk)
+    spatial, red = loops[: len(loops) - n_reduce], loops[len(loops) - n_reduce:]
+    for r in red:
+        sch.unroll(r)
+    inner = spatial[-1] if len(spatial) > 1 else None
+    if parallel:
+        sch.parallel(sch.fuse(spatial[0], spatial[1]) if len(spatial) > 2 else spatial[0])
+    if not red and inner is not None and int(sch.get(inner).extent) % 8 == 0:
+        _, lanes = sch.split(inner, [None, 8])
+        sch.vectorize(lanes)

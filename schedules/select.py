@@ -110,7 +110,25 @@ def dequantize_ok(wl: Workload, t) -> bool:
 
 # -- the table -------------------------------------------------------------------------------------
 
+def consts_from(start: int) -> Pred:
+    """Every present input from ``start`` on is a compile-time constant (epilogue vectors)."""
+    return lambda wl, t: all(s is None or s.const for s in wl.inputs[start:])
+
+
 RULES: List[Rule] = [
+    # low-bit ops on packed words (schedules/lowbit_impls.py)
+    Rule("bconv2d_nhwc", all_of(op_is("BinaryConv2d"), const_input(1), consts_from(2)),
+         "XOR+popcount register tile, weights blocked per output-channel vector at compile time, "
+         "zero padding exact through a compile-time correction table"),
+    Rule("bsconv2d_nhwc", all_of(op_is("BitserialConv2d"), const_input(1), consts_from(2)),
+         "AND+popcount over bit planes, plane weights folded into immediates"),
+    Rule("bdense", all_of(op_is("BinaryDense"), const_input(1), consts_from(2)),
+         "XOR+popcount register tile over rows x output-feature vectors"),
+    Rule("bsdense", all_of(op_is("BitserialDense"), const_input(1), consts_from(2)),
+         "AND+popcount over bit planes"),
+    Rule("packed_maxpool", op_is("PackedMaxPool"), "max of sign codes = AND of the packed words"),
+    Rule("bitpack", op_is("BitPack"), "threshold compare packed into words along the channels"),
+    Rule("bitunpack", op_is("BitUnpack"), "packed words back to +-1 / integer codes"),
     # convolution
     Rule("depthwise_conv2d_nchw", all_of(op_is("Conv"), rank(0, 4), float_io, depthwise),
          "depthwise: one input channel per output, so vectorise along output columns"),
@@ -175,6 +193,9 @@ LIMITS: List[Tuple[Pred, str]] = [
     (all_of(op_is("MaxPool"), lambda wl, t: len(wl.outputs) > 1), "MaxPool's Indices output has no kernel"),
     (all_of(op_is("QConv2d", "QDense"), lambda wl, t: wl.attr("out") == "packed"),
      "the fused bit-packing epilogue (out='packed') has no int8 kernel yet"),
+    (all_of(op_is("BinaryConv2d", "BitserialConv2d", "BinaryDense", "BitserialDense"),
+            lambda wl, t: not all(s is None or s.const for s in wl.inputs[1:])),
+     "{op}: the packed weights and the epilogue vectors must be compile-time constants"),
     (op_is("BatchNormalization"), "BatchNormalization needs constant scale/var and training_mode=0"),
 ]
 

@@ -14,9 +14,7 @@ reading out of bounds; buffers that are not 64-byte aligned are staged through a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
-
-import numpy as np
+from typing import List, Tuple
 
 from ..errors import ModelError
 from .lowered import LoweredGraph
@@ -148,7 +146,7 @@ def _rows(items: List[str], per_line: int = 8, indent: str = "  ") -> str:
 
 def _array(ctype: str, name: str, items: List[str], per_line: int = 8) -> str:
     if not items:   # C99 has no empty arrays
-        items = ["0"] if not ctype.startswith("const char") else ["0"]
+        items = ["0"]
     return f"static const {ctype} {name}[] = {{\n{_rows(items, per_line)}\n}};\n"
 
 
@@ -558,6 +556,3 @@ size_t {P}arena_bytes(void) {{ return (size_t)QC_ARENA_BYTES; }}
 int {P}weights_external(void) {{ return QC_WEIGHTS_EXTERNAL; }}
 """
 
-
-def tensor_nbytes(shape, dtype) -> int:
-    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize

@@ -113,6 +113,8 @@ def plan_memory(lowered: LoweredGraph) -> MemoryPlan:
         for name in call.args:
             find(name)
             touched.setdefault(name, []).append(step)
+    for name in graph.inputs:          # an input no kernel reads still has a place in the signature
+        find(name)
     for name in graph.outputs:
         if name not in touched and name not in inputs and not _is_const(lowered, name):
             raise ModelError(f"graph output {name!r} is produced by no executor step")
@@ -161,11 +163,11 @@ def const_data(lowered: LoweredGraph, name: str) -> np.ndarray:
     """The bytes to embed for constant ``name``: ``lowered.constants`` first (it may hold pre-packed
     layouts), else the graph's own constant data."""
     if name in lowered.constants:
-        return np.ascontiguousarray(lowered.constants[name])
+        return np.asarray(lowered.constants[name], order="C")  # keeps 0-d (ascontiguousarray would not)
     value = lowered.graph.values.get(name)
     if value is None or value.data is None:
         raise ModelError(f"{name!r} is neither a constant nor a value of graph {lowered.graph.name!r}")
-    return np.ascontiguousarray(value.data)
+    return np.asarray(value.data, order="C")
 
 
 def _value_types(lowered: LoweredGraph) -> Dict[str, Tuple[Tuple[int, ...], str, int]]:

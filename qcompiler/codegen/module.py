@@ -47,6 +47,10 @@ class CompiledModule:
         return [TensorSpec.from_manifest(d) for d in self.manifest["outputs"]]
 
     @property
+    def target_name(self) -> str:
+        return self.target.name
+
+    @property
     def arena_bytes(self) -> int:
         return int(self.manifest["memory"]["arena_bytes"])
 

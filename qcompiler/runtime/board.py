@@ -102,12 +102,26 @@ def runner_options(num_threads: Optional[int] = None, bench: int = 0, warmup: in
     return opts
 
 
+def output_files(specs: Sequence[TensorSpec]) -> List[str]:
+    """The file each output is written to, as runner.c's ``output_file`` names it."""
+    files: List[str] = []
+    seen = set()
+    for i, spec in enumerate(specs):
+        raw = spec.name.encode("utf-8")[:399]   # runner.c works on bytes
+        stem = re.sub(rb"[^A-Za-z0-9._-]", b"_", raw).decode("ascii") or "_"
+        if stem.startswith("."):
+            stem = "_" + stem[1:]
+        files.append(f"{stem}_{i}.npy" if stem in seen else f"{stem}.npy")
+        seen.add(stem)
+    return files
+
+
 def collect_outputs(out_dir: str, specs: Sequence[TensorSpec]) -> Dict[str, np.ndarray]:
     outputs = {}
-    for spec in specs:
-        path = os.path.join(out_dir, f"{spec.name}.npy")
+    for spec, fname in zip(specs, output_files(specs)):
+        path = os.path.join(out_dir, fname)
         if not os.path.isfile(path):
-            raise RunnerError(f"the runner wrote no {spec.name}.npy")
+            raise RunnerError(f"the runner wrote no {fname} for output {spec.name!r}")
         outputs[spec.name] = np.load(path, allow_pickle=False)
     return outputs
 

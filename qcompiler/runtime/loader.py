@@ -234,18 +234,21 @@ class NativeModule:
             if tuple(x.shape) != spec.shape:
                 raise RuntimeInputError(f"module {self.name!r}: input {spec.name!r} has shape {list(x.shape)}, "
                                         f"expected {list(spec.shape)}")
-            arrays.append(np.ascontiguousarray(x))
+            arrays.append(np.asarray(x, order="C"))
         return arrays
 
     def _new_outputs(self) -> List[np.ndarray]:
         return [_aligned_empty(s.shape, s.dtype) for s in self.outputs]
 
-    def _call(self, arrays: List[np.ndarray], outs: List[np.ndarray]) -> None:
-        if self._handle is None:
-            raise RuntimeInputError(f"module {self.name!r} was closed; load it again")
+    def _pointers(self, arrays: List[np.ndarray], outs: List[np.ndarray]):
         in_ptrs = (ctypes.c_void_p * max(len(arrays), 1))(*[a.ctypes.data for a in arrays])
         out_ptrs = (ctypes.c_void_p * max(len(outs), 1))(*[o.ctypes.data for o in outs])
-        rc = self._fn["run"](self._handle, len(arrays), in_ptrs, self._in_nbytes, len(outs), out_ptrs,
+        return in_ptrs, out_ptrs
+
+    def _invoke(self, in_ptrs, out_ptrs) -> None:
+        if self._handle is None:
+            raise RuntimeInputError(f"module {self.name!r} was closed; load it again")
+        rc = self._fn["run"](self._handle, len(self.inputs), in_ptrs, self._in_nbytes, len(self.outputs), out_ptrs,
                              self._out_nbytes)
         if rc != 0:
             msg = self._fn["last_error"](self._handle).decode(errors="replace")
@@ -255,19 +258,20 @@ class NativeModule:
         """Run once: ``{input name: array}`` -> ``{output name: array}`` (fresh arrays)."""
         arrays = self._check_feeds(feeds)
         outs = self._new_outputs()
-        self._call(arrays, outs)
+        self._invoke(*self._pointers(arrays, outs))
         return {s.name: o for s, o in zip(self.outputs, outs)}
 
     def time_runs(self, feeds: Mapping[str, np.ndarray], runs: int = 10, warmup: int = 2) -> List[float]:
         """Seconds taken by each of ``runs`` runs (after ``warmup`` untimed ones), buffers reused."""
         arrays = self._check_feeds(feeds)
         outs = self._new_outputs()
+        pointers = self._pointers(arrays, outs)    # arrays stay alive: the pointers stay valid
         for _ in range(warmup):
-            self._call(arrays, outs)
+            self._invoke(*pointers)
         times = []
         for _ in range(runs):
             t0 = time.perf_counter()
-            self._call(arrays, outs)
+            self._invoke(*pointers)
             times.append(time.perf_counter() - t0)
         return times
 

@@ -7,7 +7,7 @@ directory is statically linked. ssh runs in batch mode (keys or an agent, never 
 
 >>> with RemoteModule("build/net", "pi@raspberrypi.local") as m:        # doctest: +SKIP
 ...     y = m.run({"input": x})["output"]
-...     print(m.bench(repeat=50)["median_ms"])
+...     seconds = m.time_runs({"input": x}, runs=50)
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import numpy as np
 from qcompiler.errors import ConfigError, TargetError
 
 from . import board
+from .loader import TensorSpec, manifest_target, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -49,37 +50,55 @@ class RemoteModule:
     """A module directory copied to a board over ssh, run there through its runner."""
 
     emulated = False
+    remote = True
 
-    def __init__(self, path: str, host: str, target, num_threads: Optional[int] = None,
-                 ssh_options: Sequence[str] = ()):
+    def __init__(self, path: str, host: str, num_threads: Optional[int] = None, ssh_options: Sequence[str] = ()):
         for tool in ("ssh", "scp"):
             if shutil.which(tool) is None:
                 raise TargetError(f"--remote needs {tool!r}, which is not installed (apt-get install openssh-client)")
         self.path = os.path.abspath(os.fspath(path))
-        self.target = target
-        self.num_threads = num_threads
+        self.manifest = read_manifest(self.path)
+        self.name = self.manifest["name"]
+        self.target = manifest_target(self.manifest)
+        self.inputs: List[TensorSpec] = [TensorSpec.from_manifest(d) for d in self.manifest["inputs"]]
+        self.outputs: List[TensorSpec] = [TensorSpec.from_manifest(d) for d in self.manifest["outputs"]]
+        self._num_threads = num_threads
+        self.remote_dir = None
         if not os.path.isfile(os.path.join(self.path, board.RUNNER)):
-            raise TargetError(f"module {self.path} has no {board.RUNNER} executable to run on a board "
-                              f"(target {target.name}{': Android modules are linked into an app' if target.os == 'android' else ''})")
+            hint = (": Android modules are linked into an app (see its README.md)" if self.target.os == "android"
+                    else "; re-export it")
+            raise TargetError(f"module {self.name!r} in {self.path} has no {board.RUNNER} executable to run on a "
+                              f"board (target {self.target.name}){hint}")
         self.host, port_opts = parse_host(host)
         self._opts = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=15", *port_opts]
         for opt in ssh_options:
             self._opts += ["-o", opt]
         self._check_machine()
         self.remote_dir = self._ssh("mktemp -d /tmp/qcompiler.XXXXXX", what="making a temporary directory").strip()
-        log.info("copying module %s to %s:%s", self.path, self.host, self.remote_dir)
-        self._scp([self.path], f"{self.host}:{self.remote_dir}/module", what="copying the module")
-        info = self._ssh(f"cd {shlex.quote(self.remote_dir)} && ./module/{board.RUNNER} --info", what="--info")
-        self.inputs, self.outputs = board.parse_info(info)
+        try:
+            log.info("running module %s on %s: copying it to %s", self.name, self.host, self.remote_dir)
+            self._scp([self.path], f"{self.host}:{self.remote_dir}/module", what="copying the module")
+            info = self._ssh(f"cd {shlex.quote(self.remote_dir)} && ./module/{board.RUNNER} --info", what="--info",
+                             runner=True)
+            runner_in, runner_out = board.parse_info(info)
+            where = f"module {self.name!r} on {self.host}"
+            board.check_signature(runner_in, self.inputs, "input", where)
+            board.check_signature(runner_out, self.outputs, "output", where)
+        except BaseException:
+            self.close()
+            raise
 
-    def run(self, inputs: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        return self._invoke(inputs, bench=0)[0]
+    @property
+    def num_threads(self) -> int:
+        return int(self._num_threads or self.target.cores)
 
-    def bench(self, inputs: Optional[Mapping[str, np.ndarray]] = None, repeat: int = 10,
-              warmup: int = 1) -> Dict[str, float]:
-        if inputs is None:
-            inputs = {s.name: np.zeros(s.shape, s.dtype) for s in self.inputs}
-        return board.parse_latency(self._invoke(inputs, bench=repeat, warmup=warmup)[1])
+    def run(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """Run once on the board: ``{input name: array}`` -> ``{output name: array}``."""
+        return self._invoke(feeds, bench=0)[0]
+
+    def time_runs(self, feeds: Mapping[str, np.ndarray], runs: int = 10, warmup: int = 2) -> List[float]:
+        """Seconds of each of ``runs`` runs on the board (timed there, inside one runner process)."""
+        return board.parse_times(self._invoke(feeds, bench=runs, warmup=warmup)[1])
 
     def close(self) -> None:
         if getattr(self, "remote_dir", None):
@@ -97,20 +116,22 @@ class RemoteModule:
 
     # ---------------------------------------------------------------------------------------------
 
-    def _invoke(self, inputs, bench: int, warmup: int = 1):
-        feeds = board.check_feeds(self.inputs, inputs)
+    def _invoke(self, feeds, bench: int, warmup: int = 1):
+        if not self.remote_dir:
+            raise TargetError(f"module {self.name!r} on {self.host} was closed; open it again")
+        feeds = board.check_feeds(self.inputs, feeds, self.name)
         rdir = shlex.quote(self.remote_dir)
         with tempfile.TemporaryDirectory(prefix="qc-remote-") as tmp:
             args = board.stage_inputs(tmp, feeds)
             files = [os.path.join(tmp, a.split("=", 1)[1]) for a in args]
             if files:
                 self._scp(files, f"{self.host}:{self.remote_dir}/", what="copying inputs")
-            opts = board.runner_options(self.num_threads, bench=bench, warmup=warmup)
+            opts = board.runner_options(self._num_threads, bench=bench, warmup=warmup)
             cmd = " ".join(shlex.quote(a) for a in [f"./module/{board.RUNNER}", *args, *opts])
             stdout = self._ssh(f"cd {rdir} && rm -rf out && mkdir out && {cmd}", what="run", runner=True)
             out_dir = os.path.join(tmp, "out")
             os.mkdir(out_dir)
-            self._scp([f"{self.host}:{self.remote_dir}/out/{s.name}.npy" for s in self.outputs], out_dir,
+            self._scp([f"{self.host}:{self.remote_dir}/out/{f}" for f in board.output_files(self.outputs)], out_dir,
                       what="fetching outputs")
             return board.collect_outputs(out_dir, self.outputs), stdout
 
@@ -124,8 +145,10 @@ class RemoteModule:
     def _ssh(self, command: str, what: str, runner: bool = False) -> str:
         cmd = ["ssh", *self._opts, self.host, command]
         result = self._spawn(cmd, what)
+        if result.returncode == 255:   # ssh's own failure (connection, authentication)
+            raise TargetError(f"ssh {self.host} ({what}) failed: {result.stderr.strip() or 'no message'}")
         if runner:
-            board.raise_for_exit(result.returncode, result.stderr, f"{self.host}: {self.target.name} module ({what})")
+            board.raise_for_exit(result.returncode, result.stderr, f"module {self.name!r} on {self.host} ({what})")
         elif result.returncode != 0:
             raise TargetError(f"ssh {self.host} ({what}) failed with exit code {result.returncode}: "
                               f"{result.stderr.strip() or 'no message'}")
@@ -142,3 +165,6 @@ class RemoteModule:
             return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S)
         except subprocess.TimeoutExpired:
             raise TargetError(f"{self.host}: {what} took longer than {TIMEOUT_S} s and was stopped") from None
+
+    def __repr__(self) -> str:
+        return f"<RemoteModule {self.name} ({self.path}) on {self.host}:{self.remote_dir}>"

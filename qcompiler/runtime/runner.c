@@ -6,7 +6,8 @@
  * --threads 0 (the default) uses every online CPU. A module whose weights live in a separate file
  * finds weights.bin next to the runner unless --weights names it.
  * Reads each input from a .npy file (dtype and shape must match the module's signature), runs the
- * module, writes every output to DIR/<output name>.npy (DIR defaults to "."), and with --bench N
+ * module, writes every output to DIR/<output name>.npy (DIR defaults to "."; characters of the name
+ * other than [A-Za-z0-9._-] become '_', see output_file), and with --bench N
  * prints the latency of N further runs (after --warmup runs, default 1): a "times_ms" line with each
  * run's milliseconds, then "latency_ms median .. mean .. min .. max .. runs .. threads ..". Compiled once per module against its generated header:
  *
@@ -226,6 +227,33 @@ static void print_info(FILE* to) {
   }
 }
 
+/* File name of output i: its name with characters other than [A-Za-z0-9._-] replaced by '_' (ONNX
+ * names often hold '/' or ':'), plus "_<i>" if an earlier output already took that name; ".npy". */
+static void sanitize(const char* name, char* out, size_t cap) {
+  size_t k = 0;
+  for (; name[k] && k + 1 < cap; ++k) {
+    char c = name[k];
+    int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+             c == '-';
+    out[k] = ok ? c : '_';
+  }
+  out[k] = 0;
+  if (k == 0 || out[0] == '.') out[0] = '_';  /* no hidden or empty names */
+  if (k == 0 && cap > 1) out[1] = 0;
+}
+
+static void output_file(int i, char* out, size_t cap) {
+  char mine[400], other[400];
+  sanitize(QC_FN(output_name)(i), mine, sizeof mine);
+  int taken = 0;
+  for (int j = 0; j < i && !taken; ++j) {
+    sanitize(QC_FN(output_name)(j), other, sizeof other);
+    taken = strcmp(mine, other) == 0;
+  }
+  if (taken) snprintf(out, cap, "%s_%d.npy", mine, i);
+  else snprintf(out, cap, "%s.npy", mine);
+}
+
 /* --------------------------------------------------------------------------------------- main */
 
 static int run_once(QC_FN(t)* m, int n_in, const void** in, const size_t* in_sizes, int n_out, void** out,
@@ -350,9 +378,10 @@ int main(int argc, char** argv) {
   if (run_once(m, n_in, in_ptrs, in_sizes, n_out, out_ptrs, out_sizes) != QC_OK)
     die(EXIT_MODULE, "run failed: %s%s", QC_FN(last_error)(m), "");
 
-  char path[4096];
+  char path[4096], file[512];
   for (int i = 0; i < n_out; ++i) {
-    snprintf(path, sizeof path, "%s/%s.npy", out_dir, QC_FN(output_name)(i));
+    output_file(i, file, sizeof file);
+    snprintf(path, sizeof path, "%s/%s", out_dir, file);
     if (write_npy(path, &out[i]) != 0) die(EXIT_OUTPUT, "cannot write %s: %s", path, strerror(errno));
   }
 

@@ -18,6 +18,7 @@
 #include "qc_runtime.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -161,31 +162,50 @@ static void qc_pool_run_share(qc_pool* pool, int index, FTVMParallelLambda fn, v
   qc_tls_in_task = 0;
 }
 
+/* Waiting: spin for a short while (a kernel's next parallel loop usually follows within
+ * microseconds, and a futex wake costs tens of them), yielding the CPU after the first few
+ * iterations so that a waiter never starves the thread it waits for when cores are oversubscribed
+ * (a shared machine, more threads than free cores); then sleep on the condition variable. */
+#define QC_SPIN_ITERATIONS 256
+#define QC_SPIN_PAUSES 64
+#if defined(__x86_64__) || defined(__i386__)
+#define QC_RELAX() __builtin_ia32_pause()
+#elif defined(__aarch64__) || (defined(__arm__) && defined(__ARM_ARCH) && __ARM_ARCH >= 7)
+#define QC_RELAX() __asm__ __volatile__("yield" ::: "memory")
+#else
+#define QC_RELAX() __asm__ __volatile__("" ::: "memory")
+#endif
+#define QC_SPIN_WAIT(spin) do { if ((spin) < QC_SPIN_PAUSES) QC_RELAX(); else sched_yield(); } while (0)
+
 static void* qc_worker_main(void* raw) {
   qc_worker_arg* arg = (qc_worker_arg*)raw;
   qc_pool* pool = arg->pool;
   int index = arg->index;
-  unsigned seen;
+  unsigned seen = 0;  /* the generation at creation: a launch may bump it before this thread first runs */
   free(arg);
-  pthread_mutex_lock(&pool->mu);
-  seen = pool->generation;
   for (;;) {
-    FTVMParallelLambda fn;
-    void* cdata;
-    int num_task;
-    while (pool->generation == seen && !pool->shutdown) pthread_cond_wait(&pool->wake, &pool->mu);
-    if (pool->shutdown) break;
-    seen = pool->generation;
-    fn = pool->fn;
-    cdata = pool->cdata;
-    num_task = pool->num_task;
-    pthread_mutex_unlock(&pool->mu);
-    qc_pool_run_share(pool, index, fn, cdata, num_task);
+    int spin;
+    for (spin = 0; spin < QC_SPIN_ITERATIONS; ++spin) {
+      if (__atomic_load_n(&pool->generation, __ATOMIC_ACQUIRE) != seen) break;
+      QC_SPIN_WAIT(spin);
+    }
     pthread_mutex_lock(&pool->mu);
-    if (--pool->pending == 0) pthread_cond_signal(&pool->done);
+    while (__atomic_load_n(&pool->generation, __ATOMIC_ACQUIRE) == seen && !pool->shutdown)
+      pthread_cond_wait(&pool->wake, &pool->mu);
+    if (pool->shutdown) {
+      pthread_mutex_unlock(&pool->mu);
+      return NULL;
+    }
+    pthread_mutex_unlock(&pool->mu);
+    seen = __atomic_load_n(&pool->generation, __ATOMIC_ACQUIRE);
+    /* the job fields were written before the generation was published (release) */
+    qc_pool_run_share(pool, index, pool->fn, pool->cdata, pool->num_task);
+    if (__atomic_sub_fetch(&pool->pending, 1, __ATOMIC_ACQ_REL) == 0) {
+      pthread_mutex_lock(&pool->mu);
+      pthread_cond_signal(&pool->done);
+      pthread_mutex_unlock(&pool->mu);
+    }
   }
-  pthread_mutex_unlock(&pool->mu);
-  return NULL;
 }
 
 static int qc_online_cpus(void) {
@@ -273,21 +293,26 @@ static int qc_parallel_launch(FTVMParallelLambda fn, void* cdata, int num_task) 
     return qc_run_serial(fn, cdata, num_task > 0 ? num_task : 1);
   }
   if (num_task <= 0) num_task = pool->num_threads;
+  int spin;
   pthread_mutex_lock(&pool->mu);
   pool->fn = fn;
   pool->cdata = cdata;
   pool->num_task = num_task;
-  pool->pending = pool->num_threads - 1;
   pool->failed = 0;
   pool->error[0] = '\0';
-  pool->generation++;
+  __atomic_store_n(&pool->pending, pool->num_threads - 1, __ATOMIC_RELAXED);
+  __atomic_add_fetch(&pool->generation, 1, __ATOMIC_RELEASE);   /* publishes the job */
   pthread_cond_broadcast(&pool->wake);
   pthread_mutex_unlock(&pool->mu);
 
   qc_pool_run_share(pool, 0, fn, cdata, num_task);
 
+  for (spin = 0; spin < QC_SPIN_ITERATIONS; ++spin) {
+    if (__atomic_load_n(&pool->pending, __ATOMIC_ACQUIRE) == 0) break;
+    QC_SPIN_WAIT(spin);
+  }
   pthread_mutex_lock(&pool->mu);
-  while (pool->pending > 0) pthread_cond_wait(&pool->done, &pool->mu);
+  while (__atomic_load_n(&pool->pending, __ATOMIC_ACQUIRE) > 0) pthread_cond_wait(&pool->done, &pool->mu);
   failed = pool->failed;
   if (failed) qc_rt_strcpy(qc_tls_error, QC_ERR_CAP, pool->error);
   pthread_mutex_unlock(&pool->mu);
