@@ -1,12 +1,13 @@
-"""Binary kernels vs peers on the issue's workloads, one run, 1 thread: prints a ratio table.
+"""Low-bit kernels vs peers on the issue's workloads, one run, 1 thread: prints ratio tables.
 
-Peers measured in the same process: onnxruntime fp32 (Conv/MatMul) and int8 (QLinearConv /
-MatMulInteger, u8 activations x s8 weights), and TVM's own ``topi.nn.bitserial_conv2d_nchw`` /
-``bitserial_dense`` (A1W1 unipolar, uint32 packing: its uint64 variants give wrong results, see
-PEERS.md) with a simple schedule-free build. Times are medians of >= 20 runs.
-KNOWN ISSUE: the TVM bitserial *conv* peer as built here times faster than the machine's popcount
-peak, so it does not compute the whole conv (kernel layout handed to it is wrong or it is one of
-the wrong-result configurations); its column is not to be trusted until checked against numpy.
+Tables: binary A1W1 and A2W2 (bitserial) conv/dense. Peers measured in the same process:
+onnxruntime fp32 (Conv/MatMul) and int8 (QLinearConv / MatMulInteger, u8 activations x s8
+weights), and TVM's own ``topi.nn.bitserial_conv2d_nchw`` / ``bitserial_dense`` (unipolar, uint32
+packing: its uint64 variants give wrong results, see PEERS.md) with a simple hand schedule
+(reductions outside the innermost output loop, which is vectorized), weights pre-packed in TVM's
+layout ([O, C/32, KH, KW, bits] for the conv), activation packing inside the timed call as TVM does.
+Every TVM peer is first checked against numpy on the benchmark's own inputs (a precondition: a
+peer that does not compute the op is refused, not timed). Times are medians of >= 20 runs.
 Run: ``TVM_NUM_THREADS=1 python benchmarks/kernels.py``.
 """
 
@@ -39,25 +40,37 @@ def tvm_ms(ex, args):
     return float(np.median(r.results)) * 1e3
 
 
-def ours_conv(c, h, w, o, target):
-    import tvm
+def ours_conv(c, h, w, o, target, bits=None):
+    """Our x86 kernel; ``bits`` = (A, W) for bitserial with TVM's unipolar weights 2u - (2^W - 1)."""
     from qcompiler.schedules.compute_lowbit import ConvGeometry, LowbitConvWorkload
     from qcompiler.schedules.x86 import binary as xb
     rng = np.random.default_rng(0)
-    wl = LowbitConvWorkload(ConvGeometry(1, c, h, w, o, 3, 3, (1, 1), (1, 1, 1, 1)), 64)
-    wt = rng.integers(0, 2**63, (o, 3, 3, c // 64), dtype=np.uint64)
-    x = rng.integers(0, 2**63, (1, h, w, c // 64), dtype=np.uint64)
-    k = xb.build_conv2d(wl, target, weights=wt)
-    return _run_lowbit(k, target, x)
+    geom = ConvGeometry(1, c, h, w, o, 3, 3, (1, 1), (1, 1, 1, 1))
+    if bits is None:
+        wl = LowbitConvWorkload(geom, 64)
+        wt = rng.integers(0, 2**63, (o, 3, 3, c // 64), dtype=np.uint64)
+        x = rng.integers(0, 2**63, (1, h, w, c // 64), dtype=np.uint64)
+    else:
+        a, b = bits
+        wl = LowbitConvWorkload(geom, 64, act_bits=a, weight_bits=b, w_mult=2, w_offset=(1 << b) - 1)
+        wt = rng.integers(0, 2**63, (o, 3, 3, b, c // 64), dtype=np.uint64)
+        x = rng.integers(0, 2**63, (1, h, w, a, c // 64), dtype=np.uint64)
+    return _run_lowbit(xb.build_conv2d(wl, target, weights=wt), target, x)
 
 
-def ours_dense(m, kk, n, target):
+def ours_dense(m, kk, n, target, bits=None):
     from qcompiler.schedules.compute_lowbit import LowbitDenseWorkload
     from qcompiler.schedules.x86 import binary as xb
     rng = np.random.default_rng(0)
-    wl = LowbitDenseWorkload(m, kk, n, 64)
-    wt = rng.integers(0, 2**63, (n, kk // 64), dtype=np.uint64)
-    x = rng.integers(0, 2**63, (m, kk // 64), dtype=np.uint64)
+    if bits is None:
+        wl = LowbitDenseWorkload(m, kk, n, 64)
+        wt = rng.integers(0, 2**63, (n, kk // 64), dtype=np.uint64)
+        x = rng.integers(0, 2**63, (m, kk // 64), dtype=np.uint64)
+    else:
+        a, b = bits
+        wl = LowbitDenseWorkload(m, kk, n, 64, act_bits=a, weight_bits=b, w_mult=2, w_offset=(1 << b) - 1)
+        wt = rng.integers(0, 2**63, (n, b, kk // 64), dtype=np.uint64)
+        x = rng.integers(0, 2**63, (m, a, kk // 64), dtype=np.uint64)
     return _run_lowbit(xb.build_dense(wl, target, weights=wt), target, x)
 
 
@@ -72,37 +85,98 @@ def _run_lowbit(k, target, x):
     return tvm_ms(ex, args)
 
 
-def tvm_bitserial_conv(c, h, w, o, target):
+class PeerError(RuntimeError):
+    """A peer that does not compute what it is benchmarked for."""
+
+
+def _unipolar_weights(u, wbits):
+    """TVM's unipolar convention: activations are codes, weight planes are +-1: w = 2u - (2^W - 1)."""
+    return 2 * u.astype(np.int64) - ((1 << wbits) - 1)
+
+
+def _conv_numpy(x, wv, pad):
+    """int64 NCHW conv (stride 1) by im2col, the precondition check of the conv peer."""
+    n, c, h, w = x.shape
+    o, _, kh, kw = wv.shape
+    xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    oh, ow = h + 2 * pad - kh + 1, w + 2 * pad - kw + 1
+    cols = np.stack([xp[:, :, i:i + oh, j:j + ow] for i in range(kh) for j in range(kw)], axis=2)
+    cols = cols.reshape(n, c * kh * kw, oh * ow)
+    return np.einsum("ok,nkp->nop", wv.reshape(o, -1), cols).reshape(n, o, oh, ow)
+
+
+def tvm_bitserial_conv(c, h, w, o, target, abits=1, wbits=1):
+    """TVM's bitserial conv (unipolar), checked against numpy before timing."""
     import tvm
     from tvm import te, topi
-    x = te.placeholder((1, c, h, w), "int32", name="x")
-    wp = te.placeholder((o, c, 3, 3), "int32", name="w")
-    wpk = topi.nn.bitpack(wp, 1, pack_axis=1, bit_axis=0, pack_type="uint32")  # pre-packed weights
-    wpk_ph = te.placeholder(wpk.shape, "uint32", name="wpk")
-    out = topi.nn.bitserial_conv2d_nchw(x, wpk_ph, 1, 1, 1, 1, pack_dtype="uint32", out_dtype="int32",
-                                        unipolar=True)
-    return _run_te([x, wpk_ph, out], target)
-
-
-def tvm_bitserial_dense(m, kk, n, target):
-    from tvm import te, topi
-    x = te.placeholder((m, kk), "int32", name="x")
-    wpk = te.placeholder((n, 1, kk // 32), "uint32", name="wpk")
-    out = topi.nn.bitserial_dense(x, wpk, 1, 1, pack_dtype="uint32", out_dtype="int32", unipolar=True)
-    return _run_te([x, wpk, out], target)
-
-
-def _run_te(tensors, target):
-    """Peer build: parallel outermost loop, vectorized innermost spatial loop where legal."""
-    import tvm
-    from tvm import te, s_tir
-    func = te.create_prim_func(tensors)
-    ex = tvm.compile(tvm.IRModule({"main": func}), target=target.tvm_target())
+    rng = np.random.default_rng(1)
+    x_np = rng.integers(0, 1 << abits, (1, c, h, w)).astype(np.int32)
+    u_np = rng.integers(0, 1 << wbits, (o, c, 3, 3)).astype(np.int32)
+    # pre-pack the weights at "compile time" in the layout the conv takes: [O, C/32, KH, KW, W]
+    wt = te.placeholder((o, c, 3, 3), "int32", name="w")
+    wpk = topi.nn.bitpack(wt, wbits, pack_axis=1, bit_axis=4, pack_type="uint32")
+    pack = tvm.compile(tvm.IRModule({"main": te.create_prim_func([wt, wpk])}), target=target.tvm_target())
     dev = tvm.cpu()
-    rng = np.random.default_rng(0)
-    args = [tvm.runtime.tensor(rng.integers(0, 2, [int(s) for s in t.shape]).astype(str(t.dtype)), dev)
-            for t in tensors]
+    wpk_nd = tvm.runtime.tensor(np.zeros([int(s) for s in wpk.shape], "uint32"), dev)
+    pack(tvm.runtime.tensor(u_np, dev), wpk_nd)
+    x = te.placeholder((1, c, h, w), "int32", name="x")
+    wpk_ph = te.placeholder(wpk.shape, "uint32", name="wpk")
+    out = topi.nn.bitserial_conv2d_nchw(x, wpk_ph, (1, 1), (1, 1, 1, 1), abits, wbits, pack_dtype="uint32",
+                                        out_dtype="int32", unipolar=True)
+    ex = _build_peer([x, wpk_ph, out], target)
+    args = [tvm.runtime.tensor(x_np, dev), wpk_nd, tvm.runtime.tensor(np.zeros([int(s) for s in out.shape], "int32"), dev)]
+    ex(*args)
+    expect = _conv_numpy(x_np, _unipolar_weights(u_np, wbits), 1)
+    if not np.array_equal(args[2].numpy(), expect):
+        raise PeerError(f"TVM bitserial_conv2d_nchw A{abits}W{wbits} {c}x{h}x{w}->{o} does not match numpy")
     return tvm_ms(ex, args)
+
+
+def tvm_bitserial_dense(m, kk, n, target, abits=1, wbits=1):
+    """TVM's bitserial dense (unipolar, weights pre-packed [N, W, K/32]), checked against numpy."""
+    import tvm
+    from tvm import te, topi
+    rng = np.random.default_rng(2)
+    x_np = rng.integers(0, 1 << abits, (m, kk)).astype(np.int32)
+    u_np = rng.integers(0, 1 << wbits, (n, kk)).astype(np.int32)
+    wt = te.placeholder((n, kk), "int32", name="w")
+    wpk = topi.nn.bitpack(wt, wbits, pack_axis=1, bit_axis=1, pack_type="uint32")
+    pack = tvm.compile(tvm.IRModule({"main": te.create_prim_func([wt, wpk])}), target=target.tvm_target())
+    dev = tvm.cpu()
+    wpk_nd = tvm.runtime.tensor(np.zeros([int(s) for s in wpk.shape], "uint32"), dev)
+    pack(tvm.runtime.tensor(u_np, dev), wpk_nd)
+    x = te.placeholder((m, kk), "int32", name="x")
+    wpk_ph = te.placeholder(wpk.shape, "uint32", name="wpk")
+    out = topi.nn.bitserial_dense(x, wpk_ph, abits, wbits, pack_dtype="uint32", out_dtype="int32", unipolar=True)
+    ex = _build_peer([x, wpk_ph, out], target)
+    args = [tvm.runtime.tensor(x_np, dev), wpk_nd, tvm.runtime.tensor(np.zeros((m, n), "int32"), dev)]
+    ex(*args)
+    if not np.array_equal(args[2].numpy(), x_np.astype(np.int64) @ _unipolar_weights(u_np, wbits).T):
+        raise PeerError(f"TVM bitserial_dense A{abits}W{wbits} M{m} K{kk} N{n} does not match numpy")
+    return tvm_ms(ex, args)
+
+
+def _build_peer(tensors, target):
+    """The peer's hand schedule: the output's reduction loops moved outside its innermost spatial loop,
+    which is vectorized (accumulators live in a vector), outermost loop parallel; the rest as TE has it."""
+    import tvm
+    from tvm import s_tir, te
+    func = te.create_prim_func(tensors)
+    sch = s_tir.Schedule(tvm.IRModule({"main": func}))
+    sch.work_on("main")
+    blk = sch.get_sblock(tensors[-1].op.name)
+    loops = sch.get_loops(blk)
+    n_red = len(tensors[-1].op.reduce_axis)
+    spatial, red = loops[: len(loops) - n_red], loops[len(loops) - n_red:]
+    inner = spatial[-1]
+    extent = int(sch.get(inner).extent)
+    lanes = max(d for d in range(1, 9) if extent % d == 0)
+    if lanes > 1:
+        _, ii = sch.split(inner, [None, lanes])
+        sch.reorder(*red, ii)
+        sch.vectorize(ii)
+    sch.parallel(spatial[0])
+    return tvm.compile(sch.mod, target=target.tvm_target())
 
 
 def ort_conv(c, h, w, o, int8):
@@ -152,6 +226,56 @@ def _ort_ms(model, x):
     return median_ms(lambda: sess.run(None, {"x": x}))
 
 
+CONVS = [(256, 14, 14, 256), (64, 56, 56, 64)]
+DENSES = [(1, 1024), (1, 4096), (64, 1024), (64, 4096)]
+
+
+def _peer(fn, *args, **kw):
+    """A TVM peer's time, or None (reported) when its output is wrong."""
+    try:
+        return fn(*args, **kw)
+    except PeerError as e:
+        print(f"  peer refused: {e}", file=sys.stderr)
+        return None
+
+
+def _ratio(peer, ours):
+    return f"{peer / ours:6.2f}" if peer else f"{'n/a':>6s}"
+
+
+def _ms(v, width):
+    return f"{v:{width}.4f}" if v else f"{'wrong':>{width}s}"
+
+
+def measure(target, bits=None):
+    rows = []
+    kw = {} if bits is None else {"abits": bits[0], "wbits": bits[1]}
+    for c, h, w, o in CONVS:
+        rows.append({"name": f"conv3x3 {c}x{h}x{w}->{o}", "macs": c * o * 9 * h * w,
+                     "ours": ours_conv(c, h, w, o, target, bits),
+                     "tvm_bs": _peer(tvm_bitserial_conv, c, h, w, o, target, **kw),
+                     "ort_fp32": ort_conv(c, h, w, o, False), "ort_int8": ort_conv(c, h, w, o, True)})
+    for m, kk in DENSES:
+        rows.append({"name": f"dense M{m} K{kk}->N{kk}", "macs": m * kk * kk,
+                     "ours": ours_dense(m, kk, kk, target, bits),
+                     "tvm_bs": _peer(tvm_bitserial_dense, m, kk, kk, target, **kw),
+                     "ort_fp32": ort_dense(m, kk, kk, False), "ort_int8": ort_dense(m, kk, kk, True)})
+    return rows
+
+
+def print_table(title, rows, peak, planes=1):
+    print(title)
+    print(f"{'workload':28s} {'ours ms':>9s} {'GOPS':>6s} {'%peak':>6s} {'TVM bs ms':>10s} {'x TVM':>6s} "
+          f"{'ORT f32':>8s} {'x f32':>6s} {'ORT i8':>8s} {'x i8':>6s}")
+    for r in rows:
+        # binary ops actually executed: one per bit-plane pair
+        gops = 2 * r["macs"] * planes / (r["ours"] * 1e-3) / 1e9
+        print(f"{r['name']:28s} {r['ours']:9.4f} {gops:6.0f} {100 * gops / peak:5.0f}% "
+              f"{_ms(r['tvm_bs'], 10)} {_ratio(r['tvm_bs'], r['ours'])} {r['ort_fp32']:8.4f} "
+              f"{r['ort_fp32'] / r['ours']:6.2f} {r['ort_int8']:8.4f} {r['ort_int8'] / r['ours']:6.2f}")
+    print()
+
+
 def main() -> int:
     from qcompiler.targets import get_target
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -162,28 +286,11 @@ def main() -> int:
         target = get_target("x86-avx2")
     peak = peak_gops()
     vec_peak = peak.get("avx512", peak["scalar"])
-    rows = []
-    for c, h, w, o in [(256, 14, 14, 256), (64, 56, 56, 64)]:
-        macs = c * o * 9 * h * w
-        r = {"name": f"conv3x3 {c}x{h}x{w}->{o}", "macs": macs, "ours": ours_conv(c, h, w, o, target),
-             "tvm_bs": tvm_bitserial_conv(c, h, w, o, target), "ort_fp32": ort_conv(c, h, w, o, False),
-             "ort_int8": ort_conv(c, h, w, o, True)}
-        rows.append(r)
-    for m, kk in [(1, 1024), (1, 4096), (64, 1024), (64, 4096)]:
-        n = kk
-        r = {"name": f"dense M{m} K{kk}->N{n}", "macs": m * kk * n, "ours": ours_dense(m, kk, n, target),
-             "tvm_bs": tvm_bitserial_dense(m, kk, n, target), "ort_fp32": ort_dense(m, kk, n, False),
-             "ort_int8": ort_dense(m, kk, n, True)}
-        rows.append(r)
-    print(f"binary A1W1 (ours, {target.name}) vs peers, 1 thread, medians of {RUNS} runs; "
-          f"XOR+POPCNT+ADD peak {vec_peak:.0f} GOPS")
-    print(f"{'workload':28s} {'ours ms':>9s} {'GOPS':>6s} {'%peak':>6s} {'TVM bs ms':>10s} {'x TVM':>6s} "
-          f"{'ORT f32':>8s} {'x f32':>6s} {'ORT i8':>8s} {'x i8':>6s}")
-    for r in rows:
-        gops = 2 * r["macs"] / (r["ours"] * 1e-3) / 1e9
-        print(f"{r['name']:28s} {r['ours']:9.4f} {gops:6.0f} {100 * gops / vec_peak:5.0f}% "
-              f"{r['tvm_bs']:10.4f} {r['tvm_bs'] / r['ours']:6.2f} {r['ort_fp32']:8.4f} "
-              f"{r['ort_fp32'] / r['ours']:6.2f} {r['ort_int8']:8.4f} {r['ort_int8'] / r['ours']:6.2f}")
+    print(f"1 thread, medians of {RUNS} runs; XOR+POPCNT+ADD peak {vec_peak:.0f} GOPS; target {target.name}\n")
+    print_table("binary A1W1 (ours) vs peers", measure(target), vec_peak)
+    # A2W2, weights 2u - 3 (TVM's unipolar): ours runs 2 activation x 3 weight planes (incl. offset)
+    print_table("A2W2 bitserial (ours, 2x3 planes; GOPS/%peak count plane ops) vs peers",
+                measure(target, (2, 2)), vec_peak, planes=6)
     return 0
 
 

@@ -44,7 +44,7 @@ def compile(graph: Union[Graph, str, os.PathLike], target="host", name: Optional
     tgt = resolve(target)
     log.info("compiling %s for %s (%s)", name, tgt.name, tgt.mtriple)
     lowered = lower_graph(graph, tgt, config=schedule_config, tuning=tuning)
-    return build_module(lowered, name=name, weights=weights)
+    return build_module(lowered, name=name, weights=weights, target=tgt)
 
 
 def load(path: Union[str, os.PathLike], num_threads: Optional[int] = None):

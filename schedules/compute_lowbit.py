@@ -232,14 +232,6 @@ class LowbitDenseWorkload:
 # ----------------------------------------------------------------------------------------------
 
 
-def _ones_plane(lead_shape, n: int, word_bits: int) -> np.ndarray:
-    """Words with the ``n`` valid bits set (the offset-correction plane), broadcast to ``lead_shape``."""
-    from qcompiler.ref.ops.bits import pack_bits
-
-    row = pack_bits(np.ones(n, np.uint8), word_bits)
-    return np.ascontiguousarray(np.broadcast_to(row, tuple(lead_shape) + row.shape))
-
-
 def padded_channels(o: int, ov: int, ep: Epilogue) -> int:
     """Output channels the kernel computes: a multiple of the block ``ov`` and, for the packed
     epilogue, of the output word (so every output word's bits are all computed in one tile)."""
@@ -357,8 +349,6 @@ def conv_weight_constant(wl: LowbitConvWorkload, ov: int, weights: np.ndarray) -
     weights = np.asarray(weights)
     if weights.shape != expect or weights.dtype != wdt:
         raise ShapeError(f"{wl.op}: weights must be {wdt}{list(expect)}, got {weights.dtype}{list(weights.shape)}")
-    if not wl.binary and wl.w_offset:
-        weights = np.concatenate([weights, _ones_plane(weights.shape[:3] + (1,), g.cg, wl.word_bits)], axis=3)
     return _block_out_channels(weights, ov, padded_channels(g.o, ov, wl.epilogue))
 
 
@@ -390,8 +380,6 @@ def dense_weight_constant(wl: LowbitDenseWorkload, ov: int, weights: np.ndarray)
     weights = np.asarray(weights)
     if weights.shape != expect or weights.dtype != wdt:
         raise ShapeError(f"{wl.op}: weights must be {wdt}{list(expect)}, got {weights.dtype}{list(weights.shape)}")
-    if not wl.binary and wl.w_offset:
-        weights = np.concatenate([weights, _ones_plane((wl.n, 1), wl.k, wl.word_bits)], axis=1)
     return _block_out_channels(weights, ov, padded_channels(wl.n, ov, wl.epilogue))
 
 
@@ -461,24 +449,23 @@ def _prepare_epilogue(ep: Epilogue, o: int, o_pad: int, inputs: Sequence[np.ndar
 # ----------------------------------------------------------------------------------------------
 
 
-def bitserial_coefficient(weight_bits: int, w_mult: int, w_offset: int, ri, rj, acc_t: str):
-    """Weight of ``popcount(x_i & plane_j)`` in the accumulator.
+def plane_shifted(pop_expr, ri, rj, acc_t: str):
+    """``popcount(x_i & u_j) << (i + j)``: the plane loops are unrolled by the schedules, so the shift
+    is an immediate. Accumulated modulo the lane width (unsigned): the final int32 is exact."""
+    return pop_expr.astype(acc_t) << (ri + rj).astype(acc_t)
 
-    Planes ``j < weight_bits`` are the weight's bits: ``w_mult * 2^(i+j)``. With ``w_offset`` the
-    weights carry one extra all-ones plane (valid channel bits), whose term ``-w_offset * 2^i *
-    popcount(x_i)`` is the contract's offset correction, so the whole accumulator is one reduction
-    (accumulated modulo 2^lanes-bits; the int32 result is exact). The plane loops are unrolled by
-    the schedules, so this folds to an immediate per term.
-    """
+
+def bitserial_acc(pop, xsum, w_mult: int, w_offset: int):
+    """The contract's ``w_mult * sum 2^(i+j) popcount(x_i & u_j) - w_offset * sum 2^i popcount(x_i)``
+    in uint32 arithmetic (wraps like two's complement, no signed-overflow UB), then int32 bits."""
     from tvm import tirx
 
-    scaled = tirx.const(w_mult, acc_t) << (ri + rj).astype(acc_t)
-    if not w_offset:
-        return scaled
-    bits = int(acc_t[4:]) if acc_t.startswith("uint") else 0
-    neg = ((1 << bits) - w_offset) if bits else -w_offset   # -w_offset modulo the lane width
-    corr = tirx.const(neg, acc_t) << ri.astype(acc_t)
-    return tirx.Select(rj < weight_bits, scaled, corr)
+    acc = pop.astype("uint32")
+    if w_mult != 1:
+        acc = acc * tirx.const(w_mult, "uint32")
+    if w_offset:
+        acc = acc - xsum.astype("uint32") * tirx.const(w_offset, "uint32")
+    return acc.astype("int32")
 
 
 def _popcount_acc_dtype(word_bits: int) -> str:
@@ -598,6 +585,7 @@ def lowbit_conv_compute(wl: LowbitConvWorkload, ov: int, ow_tile: int = 1) -> Co
     planes = () if wl.binary else (wl.act_bits,)
     x = te.placeholder((g.n, g.h, g.w) + planes + (cw,), wdt, name="x")
     params: Dict[str, object] = {"o_pad": o_pad}
+    extra_stages: Dict[str, object] = {}
 
     def pad_fn(n, h, w, *rest):
         inside = tirx.all(h >= pt, h < pt + g.h, w >= pl, w < pl + g.w)
@@ -634,23 +622,35 @@ def lowbit_conv_compute(wl: LowbitConvWorkload, ov: int, ow_tile: int = 1) -> Co
                     - 2 * pop[n, o, oh, ow].astype("int32"))
     else:
         ab = wl.act_bits
-        planes_w = wl.weight_bits + (1 if wl.w_offset else 0)
-        w = te.placeholder((o_pad // ov, g.kh, g.kw, planes_w, cgw, ov), wdt, name="w")
+        w = te.placeholder((o_pad // ov, g.kh, g.kw, wl.weight_bits, cgw, ov), wdt, name="w")
         ri = te.reduce_axis((0, ab), name="ri")
-        rj = te.reduce_axis((0, planes_w), name="rj")
-        coef = bitserial_coefficient(wl.weight_bits, wl.w_mult, wl.w_offset, ri, rj, acc_t)
+        rj = te.reduce_axis((0, wl.weight_bits), name="rj")
         pop = te.compute(
             (g.n, o_pad, g.oh, ow_pad),
             lambda n, o, oh, ow: te.sum(
-                tirx.popcount(xp[n, oh * sh + rh * dh, ow * sw + rw * dw, ri, in_word(o)]
-                              & w[o // ov, rh, rw, rj, rc, o % ov]).astype(acc_t) * coef,
+                plane_shifted(tirx.popcount(xp[n, oh * sh + rh * dh, ow * sw + rw * dw, ri, in_word(o)]
+                                            & w[o // ov, rh, rw, rj, rc, o % ov]), ri, rj, acc_t),
                 axis=[rh, rw, rc, ri, rj]),
             name="pop")
         names = ["x", "w"]
         tensors = [x, w]
+        xsum = None
+        if wl.w_offset:
+            # the offset term is per pixel (and group), not per output channel: one small stage
+            sh_, sw_, si = (te.reduce_axis((0, g.kh), name="xh"), te.reduce_axis((0, g.kw), name="xw"),
+                            te.reduce_axis((0, ab), name="xi"))
+            sc = te.reduce_axis((0, cgw), name="xc")
+            xsum = te.compute(
+                (g.n, g.groups, g.oh, ow_pad),
+                lambda n, gi, oh, ow: te.sum(
+                    tirx.popcount(xp[n, oh * sh + sh_ * dh, ow * sw + sw_ * dw, si, gi * cgw + sc]).astype("uint32")
+                    << si.astype("uint32"), axis=[sh_, sw_, sc, si]),
+                name="xsum")
+            extra_stages["xsum"] = xsum
 
         def acc_fn(n, o, oh, ow):
-            return pop[n, o, oh, ow].astype("int32")
+            xs = xsum[n, o // g.og, oh, ow] if xsum is not None else None
+            return bitserial_acc(pop[n, o, oh, ow], xs, wl.w_mult, wl.w_offset)
 
     ep = wl.epilogue
     if ep.kind == "packed":
@@ -664,8 +664,7 @@ def lowbit_conv_compute(wl: LowbitConvWorkload, ov: int, ow_tile: int = 1) -> Co
         tensors.append(params["ep_" + nm])
     names.append("out")
     tensors.append(out)
-    extra = {}
-    return ConvStages(tensors, names, xp, pop, out, o_pad, ov, extra)
+    return ConvStages(tensors, names, xp, pop, out, o_pad, ov, extra_stages)
 
 
 @dataclass
@@ -694,6 +693,7 @@ def lowbit_dense_compute(wl: LowbitDenseWorkload, ov: int, m_tile: int = 1) -> D
     acc_t = _popcount_acc_dtype(wl.word_bits)
     rk = te.reduce_axis((0, kw), name="rk")
     params: Dict[str, object] = {"o_pad": n_pad}
+    extra_stages: Dict[str, object] = {}
     if wl.binary:
         x = te.placeholder((wl.m, kw), wdt, name="x")
         xp = _pad_rows(x, m_pad, wdt)
@@ -706,19 +706,23 @@ def lowbit_dense_compute(wl: LowbitDenseWorkload, ov: int, m_tile: int = 1) -> D
         xsum = None
     else:
         ab = wl.act_bits
-        planes_w = wl.weight_bits + (1 if wl.w_offset else 0)
         x = te.placeholder((wl.m, ab, kw), wdt, name="x")
         xp = _pad_rows(x, m_pad, wdt)
-        w = te.placeholder((n_pad // ov, planes_w, kw, ov), wdt, name="w")
+        w = te.placeholder((n_pad // ov, wl.weight_bits, kw, ov), wdt, name="w")
         ri = te.reduce_axis((0, ab), name="ri")
-        rj = te.reduce_axis((0, planes_w), name="rj")
-        coef = bitserial_coefficient(wl.weight_bits, wl.w_mult, wl.w_offset, ri, rj, acc_t)
+        rj = te.reduce_axis((0, wl.weight_bits), name="rj")
         pop = te.compute((m_pad, n_pad), lambda m, n: te.sum(
-            tirx.popcount(xp[m, ri, rk] & w[n // ov, rj, rk, n % ov]).astype(acc_t) * coef,
+            plane_shifted(tirx.popcount(xp[m, ri, rk] & w[n // ov, rj, rk, n % ov]), ri, rj, acc_t),
             axis=[rk, ri, rj]), name="pop")
+        xsum = None
+        if wl.w_offset:
+            sk, si = te.reduce_axis((0, kw), name="xk"), te.reduce_axis((0, ab), name="xi")
+            xsum = te.compute((m_pad,), lambda m: te.sum(
+                tirx.popcount(xp[m, si, sk]).astype("uint32") << si.astype("uint32"), axis=[sk, si]), name="xsum")
+            extra_stages["xsum"] = xsum
 
         def acc_fn(m, n):
-            return pop[m, n].astype("int32")
+            return bitserial_acc(pop[m, n], xsum[m] if xsum is not None else None, wl.w_mult, wl.w_offset)
 
     ep = wl.epilogue
     if ep.kind == "packed":
@@ -732,8 +736,7 @@ def lowbit_dense_compute(wl: LowbitDenseWorkload, ov: int, m_tile: int = 1) -> D
         tensors.append(params["ep_" + nm])
     names.append("out")
     tensors.append(out)
-    extra = {}
-    return DenseStages(tensors, names, xp, pop, out, n_pad, ov, extra)
+    return DenseStages(tensors, names, xp, pop, out, n_pad, ov, extra_stages)
 
 
 def _pad_rows(x, m_pad: int, wdt: str):

@@ -119,16 +119,18 @@ def plan_lowbit(wl: Workload, cfg: dict) -> Plan:
 def compute_lowbit(wl: Workload, plan: Plan, cfg: dict) -> Stages:
     lw = lowbit_workload(wl)
     st = _stages(lw, _fitted(lw, cfg))
-    return Stages(list(st.params), {"pad": st.pad, "pop": st.pop, "out": st.out})
+    return Stages(list(st.params), {"pad": st.pad, "pop": st.pop, "out": st.out, **st.extra})
 
 
 def schedule_lowbit(sch, stages: Stages, wl: Workload, target, cfg: dict) -> None:
     lw = lowbit_workload(wl)
     c = _fitted(lw, cfg)
     if isinstance(lw, L.LowbitConvWorkload):
-        apply_conv_schedule(sch, lw, c, (stages.block("pop"), stages.block("out"), stages.block("pad")))
+        apply_conv_schedule(sch, lw, c, (stages.block("pop"), stages.block("out"), stages.block("pad")),
+                            stages.block("xsum") if "xsum" in stages.named else None)
     else:
-        apply_dense_schedule(sch, lw, c, (stages.block("pop"), stages.block("out")))
+        apply_dense_schedule(sch, lw, c, (stages.block("pop"), stages.block("out")),
+                             stages.block("xsum") if "xsum" in stages.named else None)
 
 
 # -- packing ops ----------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ choose the knobs per ISA and keep their measured defaults next to them.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Optional
 
 from qcompiler.errors import ConfigError
 
@@ -83,7 +84,8 @@ def conv_blocks(sch, pop: str = "pop", out: str = "out", pad: str = "pad"):
     return sch.get_sblock(pop), sch.get_sblock(out), sch.get_sblock(pad)
 
 
-def apply_conv_schedule(sch, wl: LowbitConvWorkload, cfg: LowbitConfig, blocks=("pop", "out", "pad")) -> None:
+def apply_conv_schedule(sch, wl: LowbitConvWorkload, cfg: LowbitConfig, blocks=("pop", "out", "pad"),
+                        xsum: Optional[str] = None) -> None:
     """Schedule the stages of :func:`lowbit_conv_compute` (blocks named ``blocks``) in ``sch``.
 
     ``cfg`` must already be fitted (:func:`fit_config`) and the compute built with its ``ov`` and
@@ -97,7 +99,12 @@ def apply_conv_schedule(sch, wl: LowbitConvWorkload, cfg: LowbitConfig, blocks=(
     owo, owi = sch.split(ow, [None, cfg.spatial_tile])
     sch.reorder(n, oh, owo, oo, *red, owi, ot, ol)
     sch.set_scope(pop, 0, "local")
-    sch.reverse_compute_at(out, owo)
+    # accumulators with the channels innermost: a register tile is whole vectors (o-major, the
+    # vectorized accumulator updates were lane-by-lane gathers/scatters through memory, ~10x slower)
+    sch.transform_layout(pop, ("write", 0), lambda n_, o_, h_, w_: (n_, h_, w_, o_))
+    # float/int epilogue per register tile, so the accumulators stay in registers; a packed output
+    # word spans channel tiles: pack once the pixel tile has all its channels
+    sch.reverse_compute_at(out, owo if wl.epilogue.kind == "packed" else oo)
     if wl.epilogue.kind != "packed":
         # NCHW epilogue: pixels outer, channels inner and vectorized (strided stores, contiguous
         # accumulator/epilogue-vector loads)
@@ -136,13 +143,14 @@ def schedule_conv(wl: LowbitConvWorkload, cfg: LowbitConfig, weights, epilogue_i
     st = lowbit_conv_compute(wl, ov, cfg.spatial_tile)
     consts = prepare_conv_constants(wl, ov, weights, epilogue_inputs)
     sch = s_tir.Schedule(te.create_prim_func(st.params))
-    apply_conv_schedule(sch, wl, cfg)
+    apply_conv_schedule(sch, wl, cfg, xsum="xsum" if "xsum" in st.extra else None)
     return LowbitKernel(impl=impl, func=sch.mod["main"],
                         params=kernel_params(st.param_names, st.params, consts),
                         config=dict(cfg.as_dict(), word_bits=wl.word_bits), macs=wl.geom.macs)
 
 
-def apply_dense_schedule(sch, wl: LowbitDenseWorkload, cfg: LowbitConfig, blocks=("pop", "out")) -> None:
+def apply_dense_schedule(sch, wl: LowbitDenseWorkload, cfg: LowbitConfig, blocks=("pop", "out"),
+                         xsum: Optional[str] = None) -> None:
     """Schedule the stages of :func:`lowbit_dense_compute` in ``sch``."""
     pop = sch.get_sblock(blocks[0])
     out = sch.get_sblock(blocks[1])
@@ -153,6 +161,10 @@ def apply_dense_schedule(sch, wl: LowbitDenseWorkload, cfg: LowbitConfig, blocks
     no, nt, nl = sch.split(n, [None, cfg.o_vectors, cfg.lanes])
     sch.reorder(mo, no, *red, mi, nt, nl)
     sch.set_scope(pop, 0, "local")
+    if xsum is not None:
+        xs = sch.get_sblock(xsum)
+        sch.compute_at(xs, mo)
+        sch.unroll(sch.get_loops(xs)[-1])
     packed = wl.epilogue.kind == "packed"
     # a packed output word spans channel tiles: pack once the row tile has all its channels
     sch.reverse_compute_at(out, mo if packed else no)
@@ -179,7 +191,7 @@ def schedule_dense(wl: LowbitDenseWorkload, cfg: LowbitConfig, weights, epilogue
     st = lowbit_dense_compute(wl, ov, cfg.spatial_tile)
     consts = prepare_dense_constants(wl, ov, weights, epilogue_inputs)
     sch = s_tir.Schedule(te.create_prim_func(st.params))
-    apply_dense_schedule(sch, wl, cfg)
+    apply_dense_schedule(sch, wl, cfg, xsum="xsum" if "xsum" in st.extra else None)
     return LowbitKernel(impl=impl, func=sch.mod["main"],
                         params=kernel_params(st.param_names, st.params, consts),
                         config=dict(cfg.as_dict(), word_bits=wl.word_bits), macs=wl.macs)

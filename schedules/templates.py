@@ -38,12 +38,21 @@ def _parallel(sch, loops: List, cfg) -> None:
 
 def injective(sch, block: str, cfg: dict) -> None:
     """Parallel over all but the innermost loop; the innermost split by ``vec`` and vectorised when
-    it divides evenly (remainders are left to LLVM's vectoriser rather than predicated)."""
+    it divides evenly (remainders are left to LLVM's vectoriser rather than predicated). When ``vec``
+    does not divide the innermost extent (NCHW 56x56 maps), trailing loops are fused until it does:
+    LLVM did not vectorise the short rows inside TVM's parallel closures (an Add ran 4x slower)."""
     blk = sch.get_sblock(block)
     loops = sch.get_loops(blk)
     if not loops:
         return
     vec = int(cfg.get("vec", 0))
+    k = len(loops) - 1
+    fused_extent = _extent(sch, loops[k])
+    while vec > 1 and fused_extent % vec and k > 0:
+        k -= 1
+        fused_extent *= _extent(sch, loops[k])
+    if vec > 1 and fused_extent % vec == 0 and k < len(loops) - 1:
+        loops = list(loops[:k]) + [sch.fuse(*loops[k:])]
     inner = loops[-1]
     n = _extent(sch, inner)
     outer = list(loops[:-1])

@@ -11,7 +11,7 @@ import os
 import platform
 import shutil
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Dict, List, Optional, Tuple
 
@@ -50,6 +50,12 @@ class Target:
             raise TargetError(f"target {self.name!r}: os must be linux or android, got {self.os!r}")
         if self.vector_bits not in (0, 64, 128, 256, 512):
             raise TargetError(f"target {self.name!r}: vector_bits {self.vector_bits} is not 64..512")
+        if len(self.mtriple.split("-")) != 4:
+            # TVM hands the triple to LLVM unnormalized: "armv7a-linux-gnueabihf" parses as vendor
+            # "linux", OS unknown, no environment, and LLVM then calls libgcc's __floatdisf with the
+            # wrong float ABI (silently wrong numbers); Android triples would not mean Android.
+            raise TargetError(f"target {self.name!r}: mtriple {self.mtriple!r} must have the four parts "
+                              f"arch-vendor-os-environment, e.g. aarch64-unknown-linux-gnu")
         if self.float_abi not in (None, "hard", "soft"):
             raise TargetError(f"target {self.name!r}: float_abi must be 'hard' or 'soft', got {self.float_abi!r}")
         if not self.cc:
@@ -227,12 +233,12 @@ def _host_target() -> Target:
         # (often AVX-512), so state each SIMD feature that kernels depend on explicitly.
         mattr = tuple(("+" if f in have else "-") + f for f in _X86_SIMD)
         return Target(name="host", description=f"this machine ({cpu})", family="x86",
-                      mtriple="x86_64-linux-gnu", mcpu=cpu, mattr=mattr, features=tuple(feats),
+                      mtriple="x86_64-unknown-linux-gnu", mcpu=cpu, mattr=mattr, features=tuple(feats),
                       vector_bits=vec, cc=("cc",), cc_package="gcc", cflags=("-O2", "-fPIC"),
                       cores=os.cpu_count() or 1)
     if arch == "aarch64":
         feats = ["neon"] + (["dotprod"] if "dotprod" in have else [])
         return Target(name="host", description=f"this machine ({cpu})", family="arm",
-                      mtriple="aarch64-linux-gnu", mcpu=cpu, mattr=("+neon",), features=tuple(feats),
+                      mtriple="aarch64-unknown-linux-gnu", mcpu=cpu, mattr=("+neon",), features=tuple(feats),
                       cc=("cc",), cc_package="gcc", cflags=("-O2", "-fPIC"), cores=os.cpu_count() or 1)
     raise TargetError(f"host detection does not know architecture {arch!r}; pass a named target")

@@ -38,3 +38,21 @@ def test_bn_with_shared_producer_output_is_left_alone():
     f = fold_batchnorm(g)
     assert [n.op for n in f.nodes] == ["Conv", "BatchNormalization"]
     assert "bn_stats" not in f.meta
+
+
+def test_bn_after_binary_conv_folds_into_its_float_epilogue():
+    """Bi-Real block: sign -> binary conv -> BN -> + x; the BN goes into the conv's scale/bias."""
+    from qcompiler.passes.binarize import binarize
+
+    b = Builder(seed=3)
+    x = b.input("x", (1, 8, 5, 5))
+    s = b.node("Where", [b.node("GreaterOrEqual", [x, b.const(np.float32(0))]),
+                         b.const(np.float32(1)), b.const(np.float32(-1))])
+    w = np.where(b.rng.normal(size=(8, 8, 3, 3)) >= 0, 1, -1).astype(np.float32)
+    g = b.done(b.node("Add", [b.bn(b.conv(s, 8, weights=w, bias=False)), x]))
+    h = binarize(g, keep_first_last=False)
+    f = fold_batchnorm(h)
+    assert [n.op for n in f.nodes] == ["BitPack", "BinaryConv2d", "Add"]
+    feeds = {"x": np.random.default_rng(2).normal(size=(1, 8, 5, 5)).astype(np.float32)}
+    want, got = ref.run(g, feeds)[g.outputs[0]], ref.run(f, feeds)[g.outputs[0]]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())

@@ -10,7 +10,6 @@ compared with numpy. Android targets cannot run here: their objects are checked 
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import shutil
 import subprocess
@@ -25,6 +24,7 @@ tvm = pytest.importorskip("tvm")
 
 BD_M, BD_N, BD_KW = 4, 16, 4      # binary dense: (M x 32*KW bits) . (N x 32*KW bits)^T
 PF_M, PF_N = 16, 32               # parallel float kernel: y = 2x + 1
+L2F_N = 16                        # int64 -> float32 (a libgcc call on armv7: checks the float ABI)
 
 LINUX_TARGETS = [n for n in list_targets() if get_target(n).os == "linux"]
 ANDROID_TARGETS = [n for n in list_targets() if get_target(n).os == "android"]
@@ -77,6 +77,7 @@ void* __TVMBackendFreeWorkspace = (void*)free_ws;
 typedef int (*PackedFn)(void*, const TVMFFIAny*, int32_t, TVMFFIAny*);
 int __tvm_ffi_qc_bdense(void*, const TVMFFIAny*, int32_t, TVMFFIAny*);
 int __tvm_ffi_qc_pfloat(void*, const TVMFFIAny*, int32_t, TVMFFIAny*);
+int __tvm_ffi_qc_l2f(void*, const TVMFFIAny*, int32_t, TVMFFIAny*);
 
 /* TVM assumes 64-byte aligned tensor data: armv7 NEON :128 loads raise SIGBUS and AVX-512 aligned
    moves SIGSEGV on malloc's 16-byte alignment. */
@@ -92,6 +93,9 @@ static void spill(const char* path, const void* p, size_t n) {
 static DLTensor tensor(void* data, int64_t* shape, uint8_t code) {
   DLTensor t = {data, {1, 0}, 2, {code, 32, 1}, shape, NULL, 0}; return t;
 }
+static DLTensor tensor1d(void* data, int64_t* shape, uint8_t code, uint8_t bits) {
+  DLTensor t = {data, {1, 0}, 1, {code, bits, 1}, shape, NULL, 0}; return t;
+}
 static int call(PackedFn fn, DLTensor* ts, int n) {
   TVMFFIAny args[4], ret; memset(args, 0, sizeof args); memset(&ret, 0, sizeof ret);
   for (int i = 0; i < n; ++i) { args[i].type_index = 7; args[i].v.p = &ts[i]; }
@@ -104,9 +108,12 @@ int main(void) {
   DLTensor bd[3] = {tensor(slurp("a.bin", 4 * BD_M * BD_KW), sa, 1),
                     tensor(slurp("wt.bin", 4 * BD_KW * BD_N), sw, 1), tensor(buffer(4 * BD_M * BD_N), sc, 0)};
   DLTensor pf[2] = {tensor(slurp("x.bin", 4 * PF_M * PF_N), sf, 2), tensor(buffer(4 * PF_M * PF_N), sf, 2)};
-  if (call(__tvm_ffi_qc_bdense, bd, 3) || call(__tvm_ffi_qc_pfloat, pf, 2)) return 3;
+  int64_t sl[1] = {L2F_N};
+  DLTensor lf[2] = {tensor1d(slurp("l.bin", 8 * L2F_N), sl, 0, 64), tensor1d(buffer(4 * L2F_N), sl, 2, 32)};
+  if (call(__tvm_ffi_qc_bdense, bd, 3) || call(__tvm_ffi_qc_pfloat, pf, 2) || call(__tvm_ffi_qc_l2f, lf, 2)) return 3;
   spill("c.bin", bd[2].data, 4 * BD_M * BD_N);
   spill("y.bin", pf[1].data, 4 * PF_M * PF_N);
+  spill("f.bin", lf[1].data, 4 * L2F_N);
   return 0;
 }
 """
@@ -146,9 +153,20 @@ def _parallel_float():
     return sch.mod["main"].with_attr("global_symbol", "qc_pfloat")
 
 
+def _int64_to_float():
+    from tvm import te
+
+    x = te.placeholder((L2F_N,), "int64", name="X")
+    y = te.compute((L2F_N,), lambda i: x[i].astype("float32") * 0.5, name="Y")
+    sch = tvm.s_tir.Schedule(te.create_prim_func([x, y]))
+    _, ii = sch.split(sch.get_loops(sch.get_sblock("Y"))[0], [None, 4])
+    sch.vectorize(ii)
+    return sch.mod["main"].with_attr("global_symbol", "qc_l2f")
+
+
 def _build(target: Target):
-    """(object bytes written to a temp file by the caller, assembly text) for the two kernels."""
-    mod = tvm.IRModule({"qc_bdense": _binary_dense(), "qc_pfloat": _parallel_float()})
+    """The test kernels compiled for ``target`` (a tvm Executable: object file and assembly)."""
+    mod = tvm.IRModule({"qc_bdense": _binary_dense(), "qc_pfloat": _parallel_float(), "qc_l2f": _int64_to_float()})
     return tvm.compile(mod, target=target.tvm_target())
 
 
@@ -158,8 +176,10 @@ def inputs():
     a = rng.integers(0, 2**32, (BD_M, BD_KW), dtype=np.uint32)
     wt = rng.integers(0, 2**32, (BD_KW, BD_N), dtype=np.uint32)
     x = rng.standard_normal((PF_M, PF_N)).astype(np.float32)
+    big = rng.integers(-(2**40), 2**40, L2F_N, dtype=np.int64)
     bits = np.unpackbits((a[:, :, None] ^ wt[None, :, :]).view(np.uint8).reshape(BD_M, BD_KW, BD_N, 4), axis=-1)
-    return {"a": a, "wt": wt, "x": x, "c": bits.sum(axis=(1, 3)).astype(np.int32), "y": x * 2 + 1}
+    return {"a": a, "wt": wt, "x": x, "c": bits.sum(axis=(1, 3)).astype(np.int32), "y": x * 2 + 1,
+            "l": big, "f": big.astype(np.float32) * np.float32(0.5)}
 
 
 def _run_harness(target: Target, tmp_path, inputs, emulator=None):
@@ -169,12 +189,13 @@ def _run_harness(target: Target, tmp_path, inputs, emulator=None):
     src = tmp_path / "harness.c"
     src.write_text(HARNESS_C)
     exe = tmp_path / "harness"
-    defs = [f"-D{k}={v}" for k, v in dict(BD_M=BD_M, BD_N=BD_N, BD_KW=BD_KW, PF_M=PF_M, PF_N=PF_N).items()]
+    sizes = dict(BD_M=BD_M, BD_N=BD_N, BD_KW=BD_KW, PF_M=PF_M, PF_N=PF_N, L2F_N=L2F_N)
+    defs = [f"-D{k}={v}" for k, v in sizes.items()]
     cmd = [target.find_cc(), *target.cc[1:], *target.cflags, *defs, str(src), str(obj), "-o", str(exe),
            "-lpthread"]
     link = subprocess.run(cmd, capture_output=True, text=True)
     assert link.returncode == 0, f"{target.name}: link failed:\n{' '.join(cmd)}\n{link.stderr[-2000:]}"
-    for key in ("a", "wt", "x"):
+    for key in ("a", "wt", "x", "l"):
         inputs[key].tofile(tmp_path / f"{key}.bin")
     prefix = emulator if emulator is not None else (target.find_emulator() or [])
     run = subprocess.run([*prefix, str(exe)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
@@ -183,6 +204,8 @@ def _run_harness(target: Target, tmp_path, inputs, emulator=None):
     y = np.fromfile(tmp_path / "y.bin", np.float32).reshape(PF_M, PF_N)
     np.testing.assert_array_equal(c, inputs["c"], err_msg=f"{target.name}: binary dense")
     np.testing.assert_allclose(y, inputs["y"], rtol=1e-6, err_msg=f"{target.name}: parallel float kernel")
+    f = np.fromfile(tmp_path / "f.bin", np.float32)
+    np.testing.assert_array_equal(f, inputs["f"], err_msg=f"{target.name}: int64 -> float32 (libgcc call ABI)")
     return ex
 
 
@@ -217,6 +240,17 @@ def test_bad_fields_are_rejected():
         dataclasses.replace(t, family="mips")
     with pytest.raises(TargetError, match="emulator_cpu"):
         dataclasses.replace(t, emulator=())
+
+
+def test_triples_have_four_parts():
+    """TVM gives LLVM the triple unnormalized; a 3-part one loses its OS and environment (on armv7
+    that silently broke int64 -> float: libgcc's __floatdisf called with the VFP convention)."""
+    for n in list_targets():
+        assert len(get_target(n).mtriple.split("-")) == 4, n
+    with pytest.raises(TargetError, match="four parts"):
+        dataclasses.replace(get_target("rpi4"), mtriple="aarch64-linux-gnu")
+    asm = _build(get_target("rpi3-armv7")).mod.inspect_source("s")
+    assert "__aeabi_l2f" in asm and "__floatdisf" not in asm
 
 
 def test_board_files_merge_onto_their_base():

@@ -143,9 +143,12 @@ Copy the directory to the board and run the runner there (it needs no Python and
 scp -r {name}/ user@board:{name}
 ssh user@board
 cd {name}
-./runner --info                                  # inputs and outputs: name, dtype, shape
-./runner {example_in} -o .                       # writes <output name>.npy
-./runner {example_in} --bench 100 --threads {target.cores}   # latency (median/mean/min/max, ms)
+# the inputs and outputs: name, dtype, shape
+./runner --info
+# run once: writes <output name>.npy into the -o directory
+./runner {example_in} -o .
+# latency over 100 runs (median/mean/min/max, ms)
+./runner {example_in} --bench 100 --threads {target.cores}
 ```
 
 Inputs are `.npy` files (`numpy.save`) whose dtype and shape must match the signature exactly.
@@ -191,7 +194,7 @@ Or link `lib{name}.so` and ship it next to the program. Buffers that are 64-byte
 This module is for the `{abi}` ABI. Android programs link against bionic, so the final link happens in
 your app's NDK build, not here. Use the `android/` kit: it holds the executor and runtime shim as C
 sources (compiled by your NDK against bionic, so threads, TLS and `sysconf` match the device) and
-`lib{name}_kernels.a`, the kernels and weights, which use no libc at all.
+`lib{name}_kernels.a`, the kernels and weights, which need nothing from libc beyond libm.
 
 With CMake (Android Gradle plugin `externalNativeBuild`), in your `CMakeLists.txt`:
 

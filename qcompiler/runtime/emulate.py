@@ -34,6 +34,23 @@ log = logging.getLogger(__name__)
 TIMEOUT_S = 600
 
 
+class EmulatorBugError(board.RunnerError):
+    """The emulator itself crashed on valid code (a known qemu bug): the module is not at fault."""
+
+
+#: (text in qemu's stderr, explanation): crashes of the emulator, not of the module
+_KNOWN_EMULATOR_BUGS = [
+    ("decode_save_opc: Assertion", "qemu-riscv64 before 8.1 aborts on some valid RVV instructions (e.g. "
+     "vfcvt.rtz.x.f.v: qemu issue #1441); run the module on a board or under qemu >= 8.1"),
+]
+
+
+def _raise_for_known_emulator_bug(stderr: str, where: str) -> None:
+    for needle, why in _KNOWN_EMULATOR_BUGS:
+        if needle in stderr:
+            raise EmulatorBugError(f"{where}: the emulator crashed, not the module: {why}")
+
+
 def emulator_for(target) -> List[str]:
     """The emulator command for a module's target (as rebuilt from its manifest), from the target
     registry; a TargetError saying why when the module can run neither natively nor emulated."""
@@ -119,6 +136,8 @@ class EmulatedModule:
             result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT_S)
         except subprocess.TimeoutExpired:
             raise board.RunnerError(f"{where}: {what} took longer than {TIMEOUT_S} s and was stopped") from None
+        if result.returncode != 0:
+            _raise_for_known_emulator_bug(result.stderr, where)
         board.raise_for_exit(result.returncode, result.stderr, f"{where} ({what})")
         return result
 

@@ -64,16 +64,25 @@ class RemoteModule:
         self.outputs: List[TensorSpec] = [TensorSpec.from_manifest(d) for d in self.manifest["outputs"]]
         self._num_threads = num_threads
         self.remote_dir = None
+        self._control_dir = None
         if not os.path.isfile(os.path.join(self.path, board.RUNNER)):
             hint = (": Android modules are linked into an app (see its README.md)" if self.target.os == "android"
                     else "; re-export it")
             raise TargetError(f"module {self.name!r} in {self.path} has no {board.RUNNER} executable to run on a "
                               f"board (target {self.target.name}){hint}")
         self.host, port_opts = parse_host(host)
-        self._opts = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=15", *port_opts]
+        # one ssh connection for every step (copy, run, fetch): a master socket in a private directory
+        self._control_dir = tempfile.mkdtemp(prefix="qcssh-")
+        self._opts = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=15", *port_opts,
+                      "-o", "ControlMaster=auto", "-o", f"ControlPath={self._control_dir}/%C",
+                      "-o", "ControlPersist=120"]
         for opt in ssh_options:
             self._opts += ["-o", opt]
-        self._check_machine()
+        try:
+            self._check_machine()
+        except BaseException:
+            self.close()
+            raise
         self.remote_dir = self._ssh("mktemp -d /tmp/qcompiler.XXXXXX", what="making a temporary directory").strip()
         try:
             log.info("running module %s on %s: copying it to %s", self.name, self.host, self.remote_dir)
@@ -107,6 +116,13 @@ class RemoteModule:
             except Exception as e:  # cleanup must not hide the real result
                 log.warning("could not remove %s:%s: %s", self.host, self.remote_dir, e)
             self.remote_dir = None
+        if getattr(self, "_control_dir", None):
+            try:
+                self._spawn(["ssh", *self._opts, "-O", "exit", self.host], "closing the connection")
+            except TargetError:
+                pass
+            shutil.rmtree(self._control_dir, ignore_errors=True)
+            self._control_dir = None
 
     def __enter__(self):
         return self
@@ -161,8 +177,8 @@ class RemoteModule:
 
     def _spawn(self, cmd: List[str], what: str) -> subprocess.CompletedProcess:
         log.debug("remote %s: %s", what, " ".join(shlex.quote(c) for c in cmd))
-        try:
-            return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S)
+        try:  # stdin closed: the ssh master must not hold on to ours
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S, stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
             raise TargetError(f"{self.host}: {what} took longer than {TIMEOUT_S} s and was stopped") from None
 
