@@ -449,23 +449,22 @@ def _prepare_epilogue(ep: Epilogue, o: int, o_pad: int, inputs: Sequence[np.ndar
 # ----------------------------------------------------------------------------------------------
 
 
-def plane_shifted(pop_expr, ri, rj, acc_t: str):
-    """``popcount(x_i & u_j) << (i + j)``: the plane loops are unrolled by the schedules, so the shift
-    is an immediate. Accumulated modulo the lane width (unsigned): the final int32 is exact."""
-    return pop_expr.astype(acc_t) << (ri + rj).astype(acc_t)
-
-
-def bitserial_acc(pop, xsum, w_mult: int, w_offset: int):
-    """The contract's ``w_mult * sum 2^(i+j) popcount(x_i & u_j) - w_offset * sum 2^i popcount(x_i)``
-    in uint32 arithmetic (wraps like two's complement, no signed-overflow UB), then int32 bits."""
+def plane_shifted(pop_expr, ri, rj, w_mult: int, acc_t: str):
+    """``w_mult * popcount(x_i & u_j) << (i + j)``: the plane loops are unrolled by the schedules, so
+    this is a shift by an immediate (``w_mult`` 1 or 2 folds into it). Accumulated modulo the lane
+    width (unsigned lanes): the final int32 is exact."""
     from tvm import tirx
 
-    acc = pop.astype("uint32")
-    if w_mult != 1:
-        acc = acc * tirx.const(w_mult, "uint32")
-    if w_offset:
-        acc = acc - xsum.astype("uint32") * tirx.const(w_offset, "uint32")
-    return acc.astype("int32")
+    v = pop_expr.astype(acc_t) << (ri + rj).astype(acc_t)
+    return v if w_mult == 1 else v * tirx.const(w_mult, acc_t)
+
+
+def neg_offset(w_offset: int, acc_t: str):
+    """``-w_offset`` as a constant of the accumulator type (modulo 2^64 / 2^32 for unsigned lanes)."""
+    from tvm import tirx
+
+    bits = int(acc_t[4:]) if acc_t.startswith("uint") else 0
+    return tirx.const(((1 << bits) - w_offset) if bits else -w_offset, acc_t)
 
 
 def _popcount_acc_dtype(word_bits: int) -> str:
@@ -625,32 +624,39 @@ def lowbit_conv_compute(wl: LowbitConvWorkload, ov: int, ow_tile: int = 1) -> Co
         w = te.placeholder((o_pad // ov, g.kh, g.kw, wl.weight_bits, cgw, ov), wdt, name="w")
         ri = te.reduce_axis((0, ab), name="ri")
         rj = te.reduce_axis((0, wl.weight_bits), name="rj")
+        gid = (lambda o: 0) if g.groups == 1 else (lambda o: o // g.og)
+        xsum = None
+        if wl.w_offset:
+            # offset term: -w_offset * sum_i 2^i popcount(x_i), per padded input pixel and group (not
+            # per output channel), added once per tap by the first (unrolled) plane/word iteration
+            xc, xi = te.reduce_axis((0, cgw), name="xc"), te.reduce_axis((0, ab), name="xi")
+            xsum = te.compute(
+                (g.n, hp, wp, g.groups),
+                lambda n, h, w_, gi: te.sum(
+                    (tirx.popcount(xp[n, h, w_, xi, gi * cgw + xc]).astype(acc_t) << xi.astype(acc_t))
+                    * neg_offset(wl.w_offset, acc_t), axis=[xc, xi]),
+                name="xsum")
+            extra_stages["xsum"] = xsum
+
+        def offset_term(n, o, oh, ow):
+            if xsum is None:
+                return tirx.const(0, acc_t)
+            first = tirx.all(rc == 0, ri == 0, rj == 0)
+            return tirx.Select(first, xsum[n, oh * sh + rh * dh, ow * sw + rw * dw, gid(o)], tirx.const(0, acc_t))
+
         pop = te.compute(
             (g.n, o_pad, g.oh, ow_pad),
             lambda n, o, oh, ow: te.sum(
                 plane_shifted(tirx.popcount(xp[n, oh * sh + rh * dh, ow * sw + rw * dw, ri, in_word(o)]
-                                            & w[o // ov, rh, rw, rj, rc, o % ov]), ri, rj, acc_t),
+                                            & w[o // ov, rh, rw, rj, rc, o % ov]), ri, rj, wl.w_mult, acc_t)
+                + offset_term(n, o, oh, ow),
                 axis=[rh, rw, rc, ri, rj]),
             name="pop")
         names = ["x", "w"]
         tensors = [x, w]
-        xsum = None
-        if wl.w_offset:
-            # the offset term is per pixel (and group), not per output channel: one small stage
-            sh_, sw_, si = (te.reduce_axis((0, g.kh), name="xh"), te.reduce_axis((0, g.kw), name="xw"),
-                            te.reduce_axis((0, ab), name="xi"))
-            sc = te.reduce_axis((0, cgw), name="xc")
-            xsum = te.compute(
-                (g.n, g.groups, g.oh, ow_pad),
-                lambda n, gi, oh, ow: te.sum(
-                    tirx.popcount(xp[n, oh * sh + sh_ * dh, ow * sw + sw_ * dw, si, gi * cgw + sc]).astype("uint32")
-                    << si.astype("uint32"), axis=[sh_, sw_, sc, si]),
-                name="xsum")
-            extra_stages["xsum"] = xsum
 
         def acc_fn(n, o, oh, ow):
-            xs = xsum[n, o // g.og, oh, ow] if xsum is not None else None
-            return bitserial_acc(pop[n, o, oh, ow], xs, wl.w_mult, wl.w_offset)
+            return pop[n, o, oh, ow].astype("int32")
 
     ep = wl.epilogue
     if ep.kind == "packed":
@@ -711,18 +717,25 @@ def lowbit_dense_compute(wl: LowbitDenseWorkload, ov: int, m_tile: int = 1) -> D
         w = te.placeholder((n_pad // ov, wl.weight_bits, kw, ov), wdt, name="w")
         ri = te.reduce_axis((0, ab), name="ri")
         rj = te.reduce_axis((0, wl.weight_bits), name="rj")
-        pop = te.compute((m_pad, n_pad), lambda m, n: te.sum(
-            plane_shifted(tirx.popcount(xp[m, ri, rk] & w[n // ov, rj, rk, n % ov]), ri, rj, acc_t),
-            axis=[rk, ri, rj]), name="pop")
         xsum = None
         if wl.w_offset:
             sk, si = te.reduce_axis((0, kw), name="xk"), te.reduce_axis((0, ab), name="xi")
             xsum = te.compute((m_pad,), lambda m: te.sum(
-                tirx.popcount(xp[m, si, sk]).astype("uint32") << si.astype("uint32"), axis=[sk, si]), name="xsum")
+                (tirx.popcount(xp[m, si, sk]).astype(acc_t) << si.astype(acc_t)) * neg_offset(wl.w_offset, acc_t),
+                axis=[sk, si]), name="xsum")
             extra_stages["xsum"] = xsum
 
+        def offset_term(m):
+            if xsum is None:
+                return tirx.const(0, acc_t)
+            return tirx.Select(tirx.all(rk == 0, ri == 0, rj == 0), xsum[m], tirx.const(0, acc_t))
+
+        pop = te.compute((m_pad, n_pad), lambda m, n: te.sum(
+            plane_shifted(tirx.popcount(xp[m, ri, rk] & w[n // ov, rj, rk, n % ov]), ri, rj, wl.w_mult, acc_t)
+            + offset_term(m), axis=[rk, ri, rj]), name="pop")
+
         def acc_fn(m, n):
-            return bitserial_acc(pop[m, n], xsum[m] if xsum is not None else None, wl.w_mult, wl.w_offset)
+            return pop[m, n].astype("int32")
 
     ep = wl.epilogue
     if ep.kind == "packed":

@@ -130,6 +130,12 @@ def apply_conv_schedule(sch, wl: LowbitConvWorkload, cfg: LowbitConfig, blocks=(
         sch.parallel(outer)
         pad_loops = sch.get_loops(pad)
         sch.parallel(sch.fuse(pad_loops[0], pad_loops[1]))
+    if xsum is not None:
+        # bitserial offset term per padded input pixel, a root stage like the padding
+        xl = sch.get_loops(sch.get_sblock(xsum))
+        sch.unroll(xl[-1])
+        if cfg.parallel == "outer":
+            sch.parallel(sch.fuse(xl[0], xl[1]))
     sch.decompose_reduction(pop, red[0])
 
 
@@ -161,10 +167,6 @@ def apply_dense_schedule(sch, wl: LowbitDenseWorkload, cfg: LowbitConfig, blocks
     no, nt, nl = sch.split(n, [None, cfg.o_vectors, cfg.lanes])
     sch.reorder(mo, no, *red, mi, nt, nl)
     sch.set_scope(pop, 0, "local")
-    if xsum is not None:
-        xs = sch.get_sblock(xsum)
-        sch.compute_at(xs, mo)
-        sch.unroll(sch.get_loops(xs)[-1])
     packed = wl.epilogue.kind == "packed"
     # a packed output word spans channel tiles: pack once the row tile has all its channels
     sch.reverse_compute_at(out, mo if packed else no)
@@ -173,6 +175,8 @@ def apply_dense_schedule(sch, wl: LowbitDenseWorkload, cfg: LowbitConfig, blocks
         if not packed:
             _, eol = sch.split(sch.get_loops(out)[-1], [None, cfg.lanes])
             sch.vectorize(eol)
+    if xsum is not None:
+        sch.unroll(sch.get_loops(sch.get_sblock(xsum))[-1])   # small root stage: one value per row
     sch.unroll(nt)
     sch.unroll(mi)
     for plane_loop in red[1:]:           # bitserial: (rk, ri, rj), planes unrolled
