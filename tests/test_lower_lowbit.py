@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import qcompiler as qc
-from lowering_helpers import check_op, run_both, single_node_graph
+from lowering_helpers import check_op, single_node_graph
 from passes_util import Builder
 from qcompiler.codegen.lower import lower_graph
 from qcompiler.errors import UnsupportedError

@@ -1,0 +1,181 @@
+"""Instructions and cycles per binary MAC of the binary dense inner loop on ARM / RISC-V (llvm-mca).
+
+Nothing can be timed here for aarch64, armv7 and riscv64, so the kernels are compared statically:
+our binary dense (``schedules/<family>/binary.py`` defaults) and TVM's own
+``topi.nn.bitserial_dense`` (A1W1, its binary-weight "unipolar" mode, uint32 packing, the same
+simple schedule as the x86 peer in ``benchmarks/kernels.py``) are compiled for the same triple; the
+innermost loop that contains popcounts is cut from the assembly and given to Debian's ``llvm-mca``
+with the CPU model. Binary MACs per loop iteration = bits entering popcount instructions per
+iteration / popcounts per MAC (ours: 1, XOR then popcount; TVM unipolar: 2,
+``popcount(x & w) - popcount(x & ~w)``).
+
+Run: ``python benchmarks/mca.py``. Prints one table.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+M, K, N = 6, 1024, 64
+
+
+@dataclass(frozen=True)
+class Triple:
+    name: str                 # qcompiler target whose defaults our kernel uses
+    mca_triple: str
+    mca_cpu: str
+    tvm_target: dict
+    popcount: Tuple[Tuple[str, int], ...]   # (regex of a popcount instruction, bits it counts)
+
+
+def _triples() -> List[Triple]:
+    return [
+        Triple("rpi4", "aarch64-linux-gnu", "cortex-a72",
+               {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["+neon"]},
+               ((r"\bcnt\s+v\d+\.16b", 128), (r"\bcnt\s+v\d+\.8b", 64))),
+        # LLVM 14 has no 32-bit Cortex-A53 scheduling model: the code is built for -mcpu=cortex-a53 and
+        # costed with the closest 32-bit ARMv8 model it has, Cortex-A57 (out of order, so optimistic)
+        Triple("rpi3-armv7", "armv7a-linux-gnueabihf", "cortex-a57",
+               {"kind": "llvm", "mtriple": "armv7a-linux-gnueabihf", "mcpu": "cortex-a53",
+                "mattr": ["+neon"], "mfloat-abi": "hard"},
+               ((r"\bvcnt\.8\s+q", 128), (r"\bvcnt\.8\s+d", 64))),
+        # rv64gc + Zbb (scalar cpop) on the SiFive U74 model (LLVM's RISC-V in-order model with Zbb)
+        Triple("riscv64", "riscv64-unknown-linux-gnu", "sifive-u74",
+               {"kind": "llvm", "mtriple": "riscv64-unknown-linux-gnu", "mcpu": "sifive-u74",
+                "mattr": ["+m", "+a", "+f", "+d", "+c", "+zbb"]},
+               ((r"\bcpop\s", 64), (r"\bcpopw\s", 32))),
+    ]
+
+
+# -- kernels --------------------------------------------------------------------------------------
+
+def ours_asm(t: Triple) -> str:
+    import tvm
+
+    from qcompiler.schedules.compute_lowbit import LowbitDenseWorkload
+    from qcompiler.schedules.lowbit_tiling import schedule_dense
+    from qcompiler.targets import get_target
+
+    target = get_target(t.name)
+    fam = __import__(f"qcompiler.schedules.{target.family}.binary", fromlist=["default_config"])
+    cfg = fam.default_config(target, 64)
+    if t.name == "riscv64":
+        cfg = cfg.replace(lanes=1)
+    w = np.random.default_rng(0).integers(0, 2**63, (N, K // 64), dtype=np.uint64)
+    kern = schedule_dense(LowbitDenseWorkload(M, K, N, 64), cfg.replace(parallel="none"), w, (), "bdense")
+    ex = tvm.compile(tvm.IRModule({"main": kern.func}), target=tvm.target.Target(t.tvm_target))
+    return ex.mod.inspect_source("s")
+
+
+def tvm_asm(t: Triple) -> str:
+    import tvm
+    from tvm import te, topi
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from kernels import _schedule_peer
+
+    x = te.placeholder((M, K), "int32", name="x")
+    wpk = te.placeholder((N, 1, K // 32), "uint32", name="wpk")
+    out = topi.nn.bitserial_dense(x, wpk, 1, 1, pack_dtype="uint32", out_dtype="int32", unipolar=True)
+    mod = _schedule_peer([x, wpk, out])
+    return tvm.compile(mod, target=tvm.target.Target(t.tvm_target)).mod.inspect_source("s")
+
+
+# -- the inner loop -------------------------------------------------------------------------------
+
+_LABEL = re.compile(r"^(\.?L\w+|\.LBB\d+_\d+):")
+_BRANCH_TARGET = re.compile(r"\s(\.LBB\d+_\d+)\s*$")
+
+
+def _is_instruction(line: str) -> bool:
+    s = line.strip()
+    return bool(s) and not s.startswith((".", "#", "//", "@", ";")) and not _LABEL.match(s)
+
+
+def inner_popcount_loop(asm: str, popcount) -> Optional[List[str]]:
+    """Instructions of the smallest loop (label ... backward branch to it) containing a popcount."""
+    lines = [ln.split("//")[0].split("@")[0].rstrip() for ln in asm.splitlines()]
+    labels = {}
+    for i, ln in enumerate(lines):
+        m = _LABEL.match(ln.strip())
+        if m:
+            labels[m.group(1)] = i
+    best = None
+    for j, ln in enumerate(lines):
+        if not _is_instruction(ln):
+            continue
+        m = _BRANCH_TARGET.search(ln)
+        if not m or m.group(1) not in labels or labels[m.group(1)] >= j:
+            continue
+        body = [x.strip() for x in lines[labels[m.group(1)]:j + 1] if _is_instruction(x)]
+        if any(re.search(rx, b) for b in body for rx, _ in popcount) and (best is None or len(body) < len(best)):
+            best = body
+    return best
+
+
+def popcount_bits(body: List[str], popcount) -> int:
+    return sum(bits for b in body for rx, bits in popcount if re.search(rx, b))
+
+
+def mca_cycles(body: List[str], t: Triple, iterations: int = 200) -> Optional[float]:
+    with tempfile.NamedTemporaryFile("w", suffix=".s", delete=False) as f:
+        f.write("\n".join(body) + "\n")
+        path = f.name
+    try:
+        r = subprocess.run(["llvm-mca", f"-mtriple={t.mca_triple}", f"-mcpu={t.mca_cpu}",
+                            f"-iterations={iterations}", path], capture_output=True, text=True, timeout=60)
+    finally:
+        os.unlink(path)
+    m = re.search(r"Total Cycles:\s+(\d+)", r.stdout)
+    if not m:
+        sys.stderr.write(f"llvm-mca failed for {t.name}: {r.stderr.strip()[:300]}\n")
+        return None
+    return int(m.group(1)) / iterations
+
+
+def row(t: Triple, asm: str, pops_per_mac: int):
+    body = inner_popcount_loop(asm, t.popcount)
+    if body is None:
+        return None
+    macs = popcount_bits(body, t.popcount) / pops_per_mac
+    cycles = mca_cycles(body, t)
+    return len(body), macs, cycles
+
+
+def main() -> int:
+    print(f"binary dense M{M} K{K} N{N}, innermost popcount loop, llvm-mca (Debian LLVM)")
+    print(f"{'target':12s} {'cpu':14s} | {'ours: insns':>11s} {'MAC/it':>7s} {'insn/MAC':>9s} {'cyc/MAC':>8s} | "
+          f"{'TVM: insns':>10s} {'MAC/it':>7s} {'insn/MAC':>9s} {'cyc/MAC':>8s} | {'x cyc':>6s}")
+    for t in _triples():
+        cells = []
+        for asm_fn, per in ((ours_asm, 1), (tvm_asm, 2)):
+            try:
+                cells.append(row(t, asm_fn(t), per))
+            except Exception as e:  # a peer that does not build for this triple is reported, not hidden
+                sys.stderr.write(f"{t.name}: {asm_fn.__name__} failed: {type(e).__name__}: {str(e)[:200]}\n")
+                cells.append(None)
+        out = f"{t.name:12s} {t.tvm_target['mcpu'] + ('' if t.mca_cpu == t.tvm_target['mcpu'] else '/' + t.mca_cpu[7:]):14s} |"
+        for c in cells:
+            if c is None:
+                out += f" {'n/a':>11s} {'':>7s} {'':>9s} {'':>8s} |"
+            else:
+                n, macs, cyc = c
+                cyc_s = f"{cyc / macs:8.4f}" if cyc else f"{'n/a':>8s}"
+                out += f" {n:11d} {macs:7.0f} {n / macs:9.4f} {cyc_s} |"
+        ratio = "n/a"
+        if all(c is not None and c[2] for c in cells):
+            ratio = f"{(cells[1][2] / cells[1][1]) / (cells[0][2] / cells[0][1]):6.2f}"
+        print(out + f" {ratio:>6s}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
