@@ -1,6 +1,6 @@
 """Whole-network benchmark: a Bi-Real-Net-18-shaped binary ResNet-18 vs its int8 and float versions.
 
-    TVM_NUM_THREADS=1 python benchmarks/networks.py [--runs 25] [--layers 12] [--out DIR]
+    python benchmarks/networks.py [--runs 25] [--layers 12] [--out DIR]     (~2 minutes)
 
 Models (PyTorch, random weights with BatchNorm statistics set by a few forward passes on random
 images -- speed does not depend on training), input 1x3x224x224:
@@ -17,15 +17,17 @@ images -- speed does not depend on training), input 1x3x224x224:
 * **int8**: the float network quantized static int8 (per-channel weights, min-max calibration)
   by ``qc.quantize``.
 
-Workloads, all in one run, 1 thread, batch 1, median of ``--runs`` runs after warm-up:
-qcompiler binary / int8 / float modules (``qc.compile(target="host")``, loaded with
-``qc.load(num_threads=1)``); peers onnxruntime fp32 and onnxruntime int8 (QDQ from
+Workloads, all in one run, 1 thread, batch 1, median of ``--runs`` runs after warm-up, the runs
+interleaved (each round runs every workload once, so load from other processes on a shared machine
+falls on all of them alike): qcompiler binary / int8 / float modules (``qc.compile(target="host")``,
+loaded with ``qc.load(num_threads=1)``); peers onnxruntime fp32 and onnxruntime int8 (QDQ from
 ``quantize_static``, per-channel, on the float model), 1 intra-op thread.
 
 Before timing, each qcompiler module's output is checked against the reference executor on the
-quantized graph (integer paths bit-exact; float paths within a tolerance), and onnxruntime fp32
-against PyTorch. A per-layer breakdown (each kernel of the binary module timed alone through TVM,
-``--layers N`` largest shown) says which layers dominate and which kernels are fallbacks.
+quantized graph (the int8 graph bit-exact; the binary graph, whose residual stream is float, and
+the float graph within a tolerance), and onnxruntime fp32 against PyTorch. A per-layer breakdown
+(each kernel of the binary and int8 modules rebuilt and timed alone through TVM, ``--layers N``
+largest shown, with the manifest's impl/fallback) says which layers dominate.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import os
 import sys
 import tempfile
 import time
+from collections import Counter
 from typing import Dict, List
 
 os.environ.setdefault("TVM_NUM_THREADS", "1")
@@ -48,9 +51,6 @@ STAGES = ((64, 1), (128, 2), (256, 2), (512, 2))   # (channels, stride of the st
 BLOCKS_PER_STAGE = 4                                # Bi-Real-18: one shortcut per 3x3 conv
 GOAL_VS_ORT_FP32 = 8.0
 GOAL_VS_ORT_INT8 = 3.0
-
-log = logging.getLogger("networks")
-
 
 # -- models -----------------------------------------------------------------------------------------
 
@@ -343,6 +343,8 @@ def main(argv=None) -> int:
 
     graphs = {"binary": binary_graph(paths["binary"]), "int8": int8_graph(paths["float"], calib),
               "float": float_graph(paths["float"])}
+    ops = Counter(n.op for n in graphs["binary"].nodes)
+    print("binary graph: " + ", ".join(f"{k} x{v}" for k, v in sorted(ops.items(), key=lambda kv: -kv[1])))
     modules, checks = {}, {}
     for kind, graph in graphs.items():
         modules[kind], seconds = build(graph, f"bireal18_{kind}", out)

@@ -1,22 +1,69 @@
-"""Binary and bitserial conv/dense kernels for RISC-V (rv64gc + Zbb scalar, RVV 1.0).
+"""Binary and bitserial conv/dense kernels for RISC-V (rv64gc, + Zbb scalar ``cpop``, + RVV 1.0).
 
-Scalar (Zbb): no vectors; a register tile of 4 channels x 2 pixels of 64-bit words, ``cpop`` per
-word (31 integer registers: 8 accumulators + operands). RVV (VLEN >= 128): 2 lanes of 64-bit words
-per vector, same tile as aarch64; LLVM emits a shift/and/add vector popcount (``vcpop.v`` needs
-Zvbb, which qemu 7.2 cannot run).
+The loop nest is the shared register tile of ``schedules/lowbit_tiling.py``; this file picks the
+knobs. Nothing can be timed on RISC-V here: the defaults come from register counts and from the
+instructions per 64-bit word of the inner loop in the emitted assembly (LLVM 22 as bundled with TVM
+0.27; dense M24 K4096 N96, 64-bit words; the tile is ``o_vectors`` x ``spatial_tile`` accumulators):
+
+=========================  =======================================  =============  =================
+variant                    knobs (lanes x o_vectors x spatial)      instr / word   registers
+=========================  =======================================  =============  =================
+rv64gc (no Zbb)            1 x 4 x 2: SWAR popcount (shift/and/mul)  ~16          8 acc + 6 operands
+                                                                                   + 4 masks of 31
+Zbb scalar                 1 x 4 x 2: xor, ``cpop``, add            4.1            same tile, no spill
+                           (1 x 4 x 4: 5.1, spills accumulators)
+RVV, e64 LMUL 1            2 x 4 x 3                                 7.9
+RVV, e64 LMUL 2            4 x 2 x 3                                 4.2
+RVV, e64 LMUL 4 (default)  8 x 1 x 3                                 2.3           3 acc + 1 weight +
+                           (8 x 2 x 2: 2.3 but spills a group)                     3 temps of 8 groups
+=========================  =======================================  =============  =================
+
+RVV without Zvbb has no vector popcount: LLVM expands ``ctpop`` into 11 shift/and/add/mul ops
+(``vcpop.v`` needs Zvbb, which qemu 7.2 cannot run), so the vector kernel pays ~13 vector ops per
+register of words and the widest register group (LMUL 4) gives the fewest instructions. A caveat we
+cannot measure here: an LMUL-4 op occupies a 128-bit datapath for 4 beats, so per *cycle* the Zbb
+scalar kernel (3 ALU ops per word) is likely faster on VLEN-128 cores; ``lanes=1`` selects it.
+
+RVV lanes are counted in accumulator lanes: 8- and 16-bit words accumulate in int32
+(``compute_lowbit._popcount_acc_dtype``), so they get as many lanes as 32-bit words.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from ..compute_lowbit import LowbitConvWorkload, LowbitDenseWorkload, LowbitKernel
 from ..lowbit_tiling import LowbitConfig, schedule_conv, schedule_dense
 
 
+#: RVV register group used by the vector kernels (fewest instructions per word, see above)
+RVV_LMUL = 4
+#: accumulator tile of the RVV kernel: 1 vector group x 3 pixels (3 + 1 + 3 temps <= 8 groups)
+RVV_TILE = (1, 3)
+#: scalar tile: 4 channels x 2 pixels = 8 accumulators (a 4 x 4 tile spills)
+SCALAR_TILE = (4, 2)
+
+# TVM 0.27 turns a call-free vectorized loop (the accumulator zeroing) into an RVV VLA masked store
+# that StorageRewrite does not see; it retypes the accumulator buffer to a fixed vector type under
+# it and FP8ComputeLegalize then fails ("MatchType"). The knob that keeps the zeroing scalar lives
+# in lowbit_tiling.LowbitConfig; until it exists there, RVV vector kernels fail to build.
+_HAS_INIT_KNOB = "vectorize_init" in {f.name for f in dataclasses.fields(LowbitConfig)}
+
+
+def _acc_bits(word_bits: int) -> int:
+    return max(word_bits, 32)
+
+
 def default_config(target, word_bits: int) -> LowbitConfig:
+    """Default knobs for ``target`` (see the module docstring for where they come from)."""
     if target.has("rvv"):
-        lanes = max(1, max(target.vector_bits, 128) // word_bits)
-        return LowbitConfig(lanes=lanes, o_vectors=4, spatial_tile=3)
-    return LowbitConfig(lanes=1, o_vectors=4, spatial_tile=2)
+        vbits = max(target.vector_bits, 128)
+        lanes = min(64, RVV_LMUL * vbits // _acc_bits(word_bits))
+        ov, st = RVV_TILE
+        extra = {"vectorize_init": False} if _HAS_INIT_KNOB else {}
+        return LowbitConfig(lanes=lanes, o_vectors=ov, spatial_tile=st, **extra)
+    ov, st = SCALAR_TILE
+    return LowbitConfig(lanes=1, o_vectors=ov, spatial_tile=st)
 
 
 def _variant(target) -> str:
@@ -24,12 +71,14 @@ def _variant(target) -> str:
 
 
 def build_conv2d(wl: LowbitConvWorkload, target, config=None, *, weights, epilogue_inputs=()) -> LowbitKernel:
+    """Binary or bitserial conv2d (packed NHWC) for RISC-V; ``config`` overrides the default knobs."""
     cfg = config or default_config(target, wl.word_bits)
     kind = "bconv2d" if wl.binary else "bsconv2d"
     return schedule_conv(wl, cfg, weights, epilogue_inputs, f"{kind}_nhwc__riscv_{_variant(target)}")
 
 
 def build_dense(wl: LowbitDenseWorkload, target, config=None, *, weights, epilogue_inputs=()) -> LowbitKernel:
+    """Binary or bitserial dense for RISC-V."""
     cfg = config or default_config(target, wl.word_bits)
     kind = "bdense" if wl.binary else "bsdense"
     return schedule_dense(wl, cfg, weights, epilogue_inputs, f"{kind}__riscv_{_variant(target)}")
