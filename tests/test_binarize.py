@@ -148,3 +148,19 @@ def test_torch_ste_model_matches_pytorch(tmp_path):
         want = m(x).numpy()
     assert np.array_equal(got.argmax(1), want.argmax(1))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_quantize_w1a1_binarizes_only_sign_fed_layers_of_a_binary_net():
+    """A binary-trained net (sign activations present) keeps its real-valued layers real."""
+    import qcompiler as qc
+
+    b = Builder(seed=3)
+    x = b.input("x", (1, 8, 6, 6))
+    h = b.conv(b.conv(x, 16), 16)            # first layer, kept float
+    s = _sign_ge(b, h)
+    y = b.conv(s, 16)                         # fed by a sign: binarized
+    z = b.conv(b.node("Relu", [y]), 16)       # fed by a ReLU: real-valued, must stay float
+    g = b.done(b.conv(z, 4))
+    q = qc.quantize(g, qc.QuantConfig(weights=1, activations=1, keep_first_last=8))
+    ops = [n.op for n in q.nodes]
+    assert ops.count("BinaryConv2d") == 1 and ops.count("Conv") >= 2, ops

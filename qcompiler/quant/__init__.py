@@ -76,7 +76,15 @@ def _binary(graph: Graph, config: QuantConfig) -> Graph:
     from ..passes.bitpack import bitpack
     from ..passes.fold_batchnorm import fold_batchnorm
 
-    g = binarize(graph, keep_first_last=config.keep_first_last is not None, binarize_all=True)
+    keep = config.keep_first_last is not None
+    # A binary-trained net says where its sign activations are (STE patterns): binarize exactly
+    # those layers and leave real-valued ones (e.g. Bi-Real shortcuts) alone. Only a graph with no
+    # sign activations at all gets XNOR-Net binarization of every layer (approximate, logged).
+    g = binarize(graph, keep_first_last=keep, binarize_all=False)
+    if not any(n.op in ("BinaryConv2d", "BinaryDense") for n in g.nodes):
+        log.warning("quantize: the graph has no sign activations; binarizing every weight layer's "
+                    "input by sign (XNOR-Net, approximate: retrain with an STE for accuracy)")
+        g = binarize(graph, keep_first_last=keep, binarize_all=True)
     return fold_batchnorm(bitpack(g))
 
 
