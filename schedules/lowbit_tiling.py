@@ -32,6 +32,9 @@ class LowbitConfig:
     unroll_reduce: fully unroll the innermost reduction loop (packed words of one tap).
     unroll_taps: also unroll the kernel-window loops (pays off when a tap is only a few words).
     parallel: "outer" = a TVM parallel loop over the outermost tile loop, "none" = serial.
+    vectorize_init: vectorize the accumulator zeroing. False keeps it an unrolled scalar loop: on
+        RVV, TVM 0.27 turns a call-free vector loop into masked scalable accesses that StorageRewrite
+        ignores, retypes the accumulator to uint64x2, and FP8ComputeLegalize's MatchType then fails.
     """
 
     lanes: int = 8
@@ -40,6 +43,7 @@ class LowbitConfig:
     unroll_reduce: bool = True
     unroll_taps: bool = False
     parallel: str = "outer"
+    vectorize_init: bool = True
 
     def __post_init__(self):
         for name in ("lanes", "o_vectors", "spatial_tile"):
@@ -136,7 +140,9 @@ def apply_conv_schedule(sch, wl: LowbitConvWorkload, cfg: LowbitConfig, blocks=(
         sch.unroll(xl[-1])
         if cfg.parallel == "outer":
             sch.parallel(sch.fuse(xl[0], xl[1]))
-    sch.decompose_reduction(pop, red[0])
+    init = sch.decompose_reduction(pop, red[0])
+    if cfg.lanes > 1 and not cfg.vectorize_init:
+        sch.unroll(sch.get_loops(init)[-1])
 
 
 def schedule_conv(wl: LowbitConvWorkload, cfg: LowbitConfig, weights, epilogue_inputs, impl: str
@@ -183,7 +189,9 @@ def apply_dense_schedule(sch, wl: LowbitDenseWorkload, cfg: LowbitConfig, blocks
         sch.unroll(plane_loop)
     if cfg.parallel == "outer":
         sch.parallel(mo if packed else sch.fuse(mo, no))
-    sch.decompose_reduction(pop, red[0])
+    init = sch.decompose_reduction(pop, red[0])
+    if cfg.lanes > 1 and not cfg.vectorize_init:
+        sch.unroll(sch.get_loops(init)[-1])
 
 
 def schedule_dense(wl: LowbitDenseWorkload, cfg: LowbitConfig, weights, epilogue_inputs, impl: str

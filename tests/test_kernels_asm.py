@@ -37,10 +37,7 @@ def test_binary_conv_asm(name):
         assert "zmm" in asm
 
 
-@pytest.mark.parametrize("name", ["x86-avx512", "rpi4", "rpi3-armv7",
-                                  pytest.param("riscv64-rvv", marks=pytest.mark.xfail(
-                                      reason="known: TVM's dtype legalization fails on the RVV dense "
-                                             "epilogue (MatchType check); the conv builds", strict=True))])
+@pytest.mark.parametrize("name", ["x86-avx512", "rpi4", "rpi3-armv7", "riscv64-rvv"])
 def test_binary_dense_asm(name):
     target = get_target(name)
     wl = LowbitDenseWorkload(4, 512, 64, 64)

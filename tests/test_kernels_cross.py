@@ -10,7 +10,6 @@ output and is compared exactly (the float epilogue is one multiply and one add: 
 Known limits, each a named xfail (strict=False, so a fix shows up as XPASS):
 * qemu 7.2 aborts on ``vfcvt.rtz.x.f.v`` (qemu issue #1441), which LLVM emits for the float
   requantization epilogue on RVV: those two nodes run in a graph of their own on riscv64-rvv;
-* the RVV vector kernels need ``LowbitConfig.vectorize_init`` (see ``schedules/riscv/binary.py``).
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ import pytest
 
 import qcompiler as qc
 from qcompiler import ref
-from qcompiler.errors import QCompilerError
 from qcompiler.ir import Graph, Node, Value
 from qcompiler.ref import infer_outputs
 from qcompiler.ref.ops import bits
@@ -202,17 +200,9 @@ def requant_float_graph(seed=1):
 # ------------------------------------------------------------------------------ build and run
 
 
-_RVV_KNOB = "the RVV vector kernels need lowbit_tiling.LowbitConfig.vectorize_init (schedules/riscv/binary.py)"
-
-
 def _compile(graph, target, path, tuning=None):
-    """Compile and export; a known RVV build failure becomes an xfail naming its cause."""
-    try:
-        module = qc.compile(graph, target=target, tuning=tuning)
-    except QCompilerError as e:
-        if target == "riscv64-rvv" and "MatchType" in str(e):
-            pytest.xfail(f"{_RVV_KNOB}: {str(e)[:200]}")
-        raise
+    """Compile and export."""
+    module = qc.compile(graph, target=target, tuning=tuning)
     module.export(path)
     return module
 
@@ -225,7 +215,7 @@ def _mismatches(graph, got, expected):
         if have.shape != want.shape or have.dtype != want.dtype or not np.array_equal(have, want):
             n = ops[name]
             wrong = int(np.sum(have != want)) if have.shape == want.shape else "shape"
-            bad.append(f"{n.op} {name} ({wrong} of {want.size} wrong; attrs { {a: v for a, v in n.attrs.items()} })")
+            bad.append(f"{n.op} {name} ({wrong} of {want.size} wrong; attrs {dict(n.attrs)})")
     return bad
 
 

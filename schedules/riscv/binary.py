@@ -3,20 +3,15 @@
 The loop nest is the shared register tile of ``schedules/lowbit_tiling.py``; this file picks the
 knobs. Nothing can be timed on RISC-V here: the defaults come from register counts and from the
 instructions per 64-bit word of the inner loop in the emitted assembly (LLVM 22 as bundled with TVM
-0.27; dense M24 K4096 N96, 64-bit words; the tile is ``o_vectors`` x ``spatial_tile`` accumulators):
+0.27; dense M24 K4096 N96, 64-bit words; knobs as lanes x o_vectors x spatial_tile):
 
-=========================  =======================================  =============  =================
-variant                    knobs (lanes x o_vectors x spatial)      instr / word   registers
-=========================  =======================================  =============  =================
-rv64gc (no Zbb)            1 x 4 x 2: SWAR popcount (shift/and/mul)  ~16          8 acc + 6 operands
-                                                                                   + 4 masks of 31
-Zbb scalar                 1 x 4 x 2: xor, ``cpop``, add            4.1            same tile, no spill
-                           (1 x 4 x 4: 5.1, spills accumulators)
-RVV, e64 LMUL 1            2 x 4 x 3                                 7.9
-RVV, e64 LMUL 2            4 x 2 x 3                                 4.2
-RVV, e64 LMUL 4 (default)  8 x 1 x 3                                 2.3           3 acc + 1 weight +
-                           (8 x 2 x 2: 2.3 but spills a group)                     3 temps of 8 groups
-=========================  =======================================  =============  =================
+* rv64gc without Zbb, 1 x 4 x 2: LLVM's SWAR popcount (shift/and/mul), ~16 instr/word; 8
+  accumulators + 4 weights + 2 inputs + 4 mask constants of 31 integer registers.
+* Zbb scalar, 1 x 4 x 2: ``xor``, ``cpop``, ``add``: 4.1 instr/word, no spill (1 x 4 x 4: 5.1,
+  accumulators spill).
+* RVV, e64 at LMUL 1, 2 x 4 x 3: 7.9 instr/word; LMUL 2, 4 x 2 x 3: 4.2; LMUL 4 (the default),
+  8 x 1 x 3: 2.3 -- 3 accumulator groups + 1 weight group + ~3 popcount temporaries of the 8
+  register groups LMUL 4 leaves (8 x 2 x 2 is also 2.3 but spills a group).
 
 RVV without Zvbb has no vector popcount: LLVM expands ``ctpop`` into 11 shift/and/add/mul ops
 (``vcpop.v`` needs Zvbb, which qemu 7.2 cannot run), so the vector kernel pays ~13 vector ops per
@@ -30,7 +25,6 @@ RVV lanes are counted in accumulator lanes: 8- and 16-bit words accumulate in in
 
 from __future__ import annotations
 
-import dataclasses
 
 from ..compute_lowbit import LowbitConvWorkload, LowbitDenseWorkload, LowbitKernel
 from ..lowbit_tiling import LowbitConfig, schedule_conv, schedule_dense
@@ -43,11 +37,7 @@ RVV_TILE = (1, 3)
 #: scalar tile: 4 channels x 2 pixels = 8 accumulators (a 4 x 4 tile spills)
 SCALAR_TILE = (4, 2)
 
-# TVM 0.27 turns a call-free vectorized loop (the accumulator zeroing) into an RVV VLA masked store
-# that StorageRewrite does not see; it retypes the accumulator buffer to a fixed vector type under
-# it and FP8ComputeLegalize then fails ("MatchType"). The knob that keeps the zeroing scalar lives
-# in lowbit_tiling.LowbitConfig; until it exists there, RVV vector kernels fail to build.
-_HAS_INIT_KNOB = "vectorize_init" in {f.name for f in dataclasses.fields(LowbitConfig)}
+# RVV keeps the accumulator zeroing scalar (LowbitConfig.vectorize_init says why).
 
 
 def _acc_bits(word_bits: int) -> int:
@@ -60,8 +50,7 @@ def default_config(target, word_bits: int) -> LowbitConfig:
         vbits = max(target.vector_bits, 128)
         lanes = min(64, RVV_LMUL * vbits // _acc_bits(word_bits))
         ov, st = RVV_TILE
-        extra = {"vectorize_init": False} if _HAS_INIT_KNOB else {}
-        return LowbitConfig(lanes=lanes, o_vectors=ov, spatial_tile=st, **extra)
+        return LowbitConfig(lanes=lanes, o_vectors=ov, spatial_tile=st, vectorize_init=False)
     ov, st = SCALAR_TILE
     return LowbitConfig(lanes=1, o_vectors=ov, spatial_tile=st)
 
