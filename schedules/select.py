@@ -17,6 +17,7 @@ from typing import Callable, List, Optional, Tuple
 from .compute_injective import BINARY, UNARY, UNCHECKED_UNARY, VARIADIC
 from .impls import get_impl
 from .kernel import KernelImpl, Workload
+from .x86 import int8 as _x86_int8  # noqa: F401  registers qconv2d_dot / qdense_dot on x86
 
 Pred = Callable[[Workload, object], bool]
 
@@ -134,6 +135,12 @@ RULES: List[Rule] = [
          "depthwise: one input channel per output, so vectorise along output columns"),
     Rule("conv2d_nchw_ocvec", all_of(op_is("Conv"), rank(0, 4), float_io, const_input(1)),
          "direct conv, output channels in the vector lanes, weights pre-packed at compile time"),
+    Rule("qconv2d_dot", all_of(op_is("QConv2d"), family("x86"), has_feature("avx2"), rank(0, 4),
+                               in_dtype(0, *QUANT8), in_dtype(1, "int8"), int8_epilogue, consts_from(1),
+                               lambda wl, t: not depthwise(wl, t)),
+         "int8 conv as a dot-product register tile (schedules/x86/int8.py): vpdpbusd on VNNI with the "
+         "zero-point term folded into a compile-time per-channel constant, else exact int16 vpmaddwd; "
+         "weights blocked at compile time; 4-5x the generic int8 conv"),
     Rule("qdepthwise_conv2d_nchw", all_of(op_is("QConv2d"), in_dtype(0, *QUANT8), int8_epilogue, depthwise),
          "int8 depthwise: int32 accumulation vectorised along output columns"),
     Rule("qconv2d_nchw_ocvec", all_of(op_is("QConv2d"), in_dtype(0, *QUANT8), int8_epilogue, const_input(1)),
@@ -146,6 +153,9 @@ RULES: List[Rule] = [
     Rule("batch_matmul", all_of(op_is("MatMul"), float_io),
          "general batched/broadcast MatMul", fallback="MatMul without constant 2-D weights uses the "
          "generic batched matmul kernel"),
+    Rule("qdense_dot", all_of(op_is("QDense"), family("x86"), has_feature("avx2"), rank(0, 2),
+                              in_dtype(0, *QUANT8), in_dtype(1, "int8"), int8_epilogue, consts_from(1)),
+         "int8 dense as the same dot-product register tile (rows x output-channel vectors)"),
     Rule("qdense_nvec", all_of(op_is("QDense"), in_dtype(0, *QUANT8), int8_epilogue, const_input(1)),
          "int8 dense with exact int32 accumulation, weights packed [N/vn, K, vn]"),
     # pooling, normalisation

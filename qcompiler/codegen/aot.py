@@ -41,6 +41,7 @@ ERROR_CODES = [
     ("QC_ERR_OUT_OF_MEMORY", 4, "allocation failed"),
     ("QC_ERR_WEIGHTS", 5, "weights file missing, unreadable, corrupt or for another module"),
     ("QC_ERR_THREADS", 6, "the thread pool could not be started"),
+    ("QC_ERR_BUSY", 7, "the model is running in another thread (see last_error(NULL)); nothing was done"),
 ]
 
 
@@ -175,9 +176,14 @@ def _header(lowered: LoweredGraph, name: str, weights_mode: str, plan: MemoryPla
 {chr(10).join(sig_lines)}
  * Buffers are dense row-major arrays of the dtype shown. Weights: {weights_doc}.
  *
- * Thread safety: a model (qc_{name}_t) may be used by one caller thread at a time; separate models
- * are independent and may run concurrently (each has its own arena and thread pool). The signature
- * queries are pure and thread-safe. Input and output buffers must not overlap.
+ * Thread safety: a model (qc_{name}_t) runs for one caller thread at a time: a run that overlaps
+ * another run of the same model returns QC_ERR_BUSY without touching anything (use one model per
+ * thread, or a lock). Separate models are independent and may run concurrently (each has its own
+ * arena and thread pool). The signature queries are pure and thread-safe. Input and output buffers
+ * must not overlap. destroy must not overlap a run of the same model.
+ *
+ * fork(): a model created before fork() works in the child (its first run there starts new pool
+ * threads) and may be destroyed there; the parent's copy is unaffected.
  *
  * Linking the static library: cc app.c lib{name}.a -lm -lpthread (armv7 with gcc: also -lgcc).
  */
@@ -328,6 +334,7 @@ typedef struct {{ int32_t output, tensor; }} qc_copy_desc;
 {_array("qc_copy_desc", "qc_copies", copies, 8)}
 struct qc_{name} {{
   qc_pool* pool;
+  int busy;                        /* nonzero while a run is in progress (atomic) */
   uint8_t* arena;
   uint8_t* owned_weights;          /* the loaded blob, if weights are external */
   const uint8_t* weights;
@@ -477,11 +484,28 @@ static int qc_check_io(char* err, const char* kind, int n, int expected, const v
   return QC_OK;
 }}
 
+static int qc_run_owned({T}* m, int n_inputs, const void* const* inputs, const size_t* input_nbytes,
+                        int n_outputs, void* const* outputs, const size_t* output_nbytes);
+
 int {P}run({T}* m, int n_inputs, const void* const* inputs, const size_t* input_nbytes, int n_outputs,
           void* const* outputs, const size_t* output_nbytes) {{
+  int rc;
+  if (!m) return QC_ERR_INVALID_ARGUMENT;
+  if (qc_rt_pool_renew_after_fork(&m->pool) != 0)   /* a model inherited through fork(): new threads */
+    return qc_fail(m->error, QC_ERR_THREADS, "cannot start the thread pool in this (forked) process");
+  if (__atomic_exchange_n(&m->busy, 1, __ATOMIC_ACQUIRE))
+    return qc_fail(qc_create_error, QC_ERR_BUSY, "model \\"%s\\" is already running in another thread: a model "
+                   "runs for one caller at a time", "{name}");
+  rc = qc_run_owned(m, n_inputs, inputs, input_nbytes, n_outputs, outputs, output_nbytes);
+  __atomic_store_n(&m->busy, 0, __ATOMIC_RELEASE);
+  return rc;
+}}
+
+/* run, with the model to itself */
+static int qc_run_owned({T}* m, int n_inputs, const void* const* inputs, const size_t* input_nbytes,
+                        int n_outputs, void* const* outputs, const size_t* output_nbytes) {{
   int i, rc;
   qc_pool* previous;
-  if (!m) return QC_ERR_INVALID_ARGUMENT;
   m->error[0] = '\\0';
   rc = qc_check_io(m->error, "inputs", n_inputs, QC_NUM_INPUTS, inputs, input_nbytes, qc_inputs);
   if (rc != QC_OK) return rc;

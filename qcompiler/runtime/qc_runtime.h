@@ -63,8 +63,15 @@ typedef struct qc_pool qc_pool;
 /* A pool of num_threads threads including the caller (num_threads - 1 workers). num_threads <= 0
  * means the number of online CPUs. Returns 0, or nonzero with *out == NULL. */
 QC_INTERNAL int qc_rt_pool_create(int num_threads, qc_pool** out);
+/* Stops and joins the workers; in a process that inherited the pool through fork() (its workers
+ * do not exist there) it only frees the memory. */
 QC_INTERNAL void qc_rt_pool_destroy(qc_pool* pool);
 QC_INTERNAL int qc_rt_pool_num_threads(const qc_pool* pool);
+/* If *pool was created before a fork() of this process (so its workers exist only in the parent),
+ * replace it with a new pool of the same size. Launches on an inherited pool fail instead of
+ * waiting forever. Returns 0, or nonzero (pool unchanged) when new threads cannot be started.
+ * Call it from the thread that owns the pool, before entering it. */
+QC_INTERNAL int qc_rt_pool_renew_after_fork(qc_pool** pool);
 
 /* Make `pool` the one TVM's parallel launches use on the calling thread, until qc_rt_leave(previous).
  * Launches outside enter/leave (or nested inside a parallel task) run serially on the caller. */

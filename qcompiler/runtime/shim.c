@@ -11,6 +11,14 @@
  *
  * Parallel launch semantics: task t of n runs on pool thread (t mod threads); tasks may run in any
  * order. With n <= threads every task has a thread of its own, which the barrier relies on.
+ *
+ * Pool synchronisation, in one place (qc_pool below): a launch publishes its job under `mu` and bumps
+ * `generation`; each worker runs the job of every generation exactly once (it cannot miss one: the
+ * next launch waits until all workers have finished this one) and decrements `pending`; the
+ * launching thread waits for pending == 0. A failing task breaks the barrier so that no task waits
+ * forever for one that has returned. Workers are started with asynchronous signals blocked (they
+ * go to the application's threads) and exist only in the process that started them: after fork()
+ * the child's copy of a pool is replaced (qc_rt_pool_renew_after_fork), never waited on.
  */
 #ifndef _POSIX_C_SOURCE
 #define _POSIX_C_SOURCE 200809L  /* posix_memalign, sysconf */
@@ -19,6 +27,7 @@
 
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -118,6 +127,7 @@ struct qc_pool {
   int num_threads;               /* including the caller */
   pthread_t* workers;            /* num_threads - 1 */
   int num_started;
+  unsigned fork_epoch;           /* qc_fork_epoch when the workers were started */
   pthread_mutex_t mu;
   pthread_cond_t wake;           /* workers wait for a new generation */
   pthread_cond_t done;           /* the caller waits for pending == 0 */
@@ -130,11 +140,12 @@ struct qc_pool {
   int pending;
   int failed;
   char error[QC_ERR_CAP];
-  /* barrier */
+  /* barrier (reset by every launch) */
   pthread_mutex_t barrier_mu;
   pthread_cond_t barrier_cv;
   int barrier_count;
   unsigned barrier_generation;
+  int barrier_broken;            /* a task failed: waiting tasks give up instead of waiting forever */
 };
 
 typedef struct { qc_pool* pool; int index; } qc_worker_arg;
@@ -157,6 +168,11 @@ static void qc_pool_run_share(qc_pool* pool, int index, FTVMParallelLambda fn, v
         qc_rt_strcpy(pool->error, QC_ERR_CAP, qc_tls_error[0] ? qc_tls_error : "parallel task failed");
       }
       pthread_mutex_unlock(&pool->mu);
+      /* tasks waiting at a barrier for this one would wait forever */
+      pthread_mutex_lock(&pool->barrier_mu);
+      pool->barrier_broken = 1;
+      pthread_cond_broadcast(&pool->barrier_cv);
+      pthread_mutex_unlock(&pool->barrier_mu);
     }
   }
   qc_tls_in_task = 0;
@@ -213,15 +229,55 @@ static int qc_online_cpus(void) {
   return n > 0 ? (int)n : 1;
 }
 
+/* fork(): a child process has only the thread that forked, so the workers of every pool it inherited
+ * are gone (and a pool lock may have been copied while held). The child handler bumps the epoch;
+ * a pool whose epoch is older is dead here (see qc_rt_pool_renew_after_fork). */
+static unsigned qc_fork_epoch;
+static pthread_once_t qc_atfork_once = PTHREAD_ONCE_INIT;
+
+static void qc_on_fork_child(void) { __atomic_add_fetch(&qc_fork_epoch, 1, __ATOMIC_RELAXED); }
+static void qc_register_atfork(void) { pthread_atfork(NULL, NULL, qc_on_fork_child); }
+
+static int qc_pool_inherited(const qc_pool* pool) {
+  return pool->fork_epoch != __atomic_load_n(&qc_fork_epoch, __ATOMIC_RELAXED);
+}
+
+/* Start the workers with asynchronous signals blocked, so that signals (SIGINT, SIGCHLD, ...) reach
+ * the application's own threads. Faults stay unblocked: a crash in a kernel must still be reported. */
+static int qc_pool_start_workers(qc_pool* pool) {
+  static const int faults[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT, SIGSYS};
+  sigset_t blocked, previous;
+  size_t k;
+  int i, rc = 0;
+  sigfillset(&blocked);
+  for (k = 0; k < sizeof faults / sizeof faults[0]; ++k) sigdelset(&blocked, faults[k]);
+  pthread_sigmask(SIG_SETMASK, &blocked, &previous);
+  for (i = 1; i < pool->num_threads && rc == 0; ++i) {
+    qc_worker_arg* arg = (qc_worker_arg*)malloc(sizeof(qc_worker_arg));
+    if (!arg) { rc = 1; break; }
+    arg->pool = pool;
+    arg->index = i;
+    if (pthread_create(&pool->workers[i - 1], NULL, qc_worker_main, arg) != 0) {
+      free(arg);
+      rc = 1;
+      break;
+    }
+    pool->num_started++;
+  }
+  pthread_sigmask(SIG_SETMASK, &previous, NULL);
+  return rc;
+}
+
 int qc_rt_pool_create(int num_threads, qc_pool** out) {
   qc_pool* pool;
-  int i;
   *out = NULL;
+  pthread_once(&qc_atfork_once, qc_register_atfork);
   if (num_threads <= 0) num_threads = qc_online_cpus();
   if (num_threads > 1024) num_threads = 1024;
   pool = (qc_pool*)calloc(1, sizeof(qc_pool));
   if (!pool) return 1;
   pool->num_threads = num_threads;
+  pool->fork_epoch = __atomic_load_n(&qc_fork_epoch, __ATOMIC_RELAXED);
   pthread_mutex_init(&pool->mu, NULL);
   pthread_cond_init(&pool->wake, NULL);
   pthread_cond_init(&pool->done, NULL);
@@ -229,18 +285,9 @@ int qc_rt_pool_create(int num_threads, qc_pool** out) {
   pthread_cond_init(&pool->barrier_cv, NULL);
   if (num_threads > 1) {
     pool->workers = (pthread_t*)calloc((size_t)(num_threads - 1), sizeof(pthread_t));
-    if (!pool->workers) { qc_rt_pool_destroy(pool); return 1; }
-    for (i = 1; i < num_threads; ++i) {
-      qc_worker_arg* arg = (qc_worker_arg*)malloc(sizeof(qc_worker_arg));
-      if (!arg) { qc_rt_pool_destroy(pool); return 1; }
-      arg->pool = pool;
-      arg->index = i;
-      if (pthread_create(&pool->workers[i - 1], NULL, qc_worker_main, arg) != 0) {
-        free(arg);
-        qc_rt_pool_destroy(pool);
-        return 1;
-      }
-      pool->num_started++;
+    if (!pool->workers || qc_pool_start_workers(pool) != 0) {
+      qc_rt_pool_destroy(pool);
+      return 1;
     }
   }
   *out = pool;
@@ -250,6 +297,13 @@ int qc_rt_pool_create(int num_threads, qc_pool** out) {
 void qc_rt_pool_destroy(qc_pool* pool) {
   int i;
   if (!pool) return;
+  if (qc_pool_inherited(pool)) {
+    /* a copy made by fork(): its workers do not exist in this process (joining them would wait
+     * forever) and its locks may be held by them; only the memory is ours to free */
+    free(pool->workers);
+    free(pool);
+    return;
+  }
   pthread_mutex_lock(&pool->mu);
   pool->shutdown = 1;
   pthread_cond_broadcast(&pool->wake);
@@ -262,6 +316,15 @@ void qc_rt_pool_destroy(qc_pool* pool) {
   pthread_mutex_destroy(&pool->barrier_mu);
   pthread_cond_destroy(&pool->barrier_cv);
   free(pool);
+}
+
+int qc_rt_pool_renew_after_fork(qc_pool** pool) {
+  qc_pool* fresh;
+  if (!*pool || !qc_pool_inherited(*pool)) return 0;
+  if (qc_rt_pool_create((*pool)->num_threads, &fresh) != 0) return 1;
+  qc_rt_pool_destroy(*pool);
+  *pool = fresh;
+  return 0;
 }
 
 int qc_rt_pool_num_threads(const qc_pool* pool) { return pool ? pool->num_threads : 1; }
@@ -288,12 +351,21 @@ static int qc_run_serial(FTVMParallelLambda fn, void* cdata, int num_task) {
 /* int TVMBackendParallelLaunch(FTVMParallelLambda flambda, void* cdata, int num_task) */
 static int qc_parallel_launch(FTVMParallelLambda fn, void* cdata, int num_task) {
   qc_pool* pool = qc_tls_pool;
-  int failed;
+  int failed, spin;
   if (!pool || qc_tls_in_task || pool->num_threads == 1) {
     return qc_run_serial(fn, cdata, num_task > 0 ? num_task : 1);
   }
+  if (qc_pool_inherited(pool)) {
+    qc_rt_strcpy(qc_tls_error, QC_ERR_CAP, "RuntimeError: this thread pool was inherited through fork(): its "
+                 "threads do not exist in this process (qc_rt_pool_renew_after_fork replaces it)");
+    return -1;
+  }
   if (num_task <= 0) num_task = pool->num_threads;
-  int spin;
+  /* no task of this pool is running: nobody waits at the barrier */
+  pthread_mutex_lock(&pool->barrier_mu);
+  pool->barrier_count = 0;
+  pool->barrier_broken = 0;
+  pthread_mutex_unlock(&pool->barrier_mu);
   pthread_mutex_lock(&pool->mu);
   pool->fn = fn;
   pool->cdata = cdata;
@@ -323,6 +395,7 @@ static int qc_parallel_launch(FTVMParallelLambda fn, void* cdata, int num_task) 
 static int qc_parallel_barrier(int task_id, TVMParallelGroupEnv* penv) {
   qc_pool* pool = (qc_pool*)penv->sync_handle;
   unsigned generation;
+  int broken;
   (void)task_id;
   if (penv->num_task <= 1) return 0;
   if (!pool || penv->num_task > pool->num_threads) {
@@ -333,14 +406,20 @@ static int qc_parallel_barrier(int task_id, TVMParallelGroupEnv* penv) {
   }
   pthread_mutex_lock(&pool->barrier_mu);
   generation = pool->barrier_generation;
-  if (++pool->barrier_count == penv->num_task) {
+  if (!pool->barrier_broken && ++pool->barrier_count == penv->num_task) {
     pool->barrier_count = 0;
     pool->barrier_generation++;
     pthread_cond_broadcast(&pool->barrier_cv);
   } else {
-    while (generation == pool->barrier_generation) pthread_cond_wait(&pool->barrier_cv, &pool->barrier_mu);
+    while (generation == pool->barrier_generation && !pool->barrier_broken)
+      pthread_cond_wait(&pool->barrier_cv, &pool->barrier_mu);
   }
+  broken = generation == pool->barrier_generation;   /* left without the barrier completing */
   pthread_mutex_unlock(&pool->barrier_mu);
+  if (broken) {
+    qc_rt_strcpy(qc_tls_error, QC_ERR_CAP, "RuntimeError: parallel barrier abandoned: another task failed");
+    return -1;
+  }
   return 0;
 }
 

@@ -1,0 +1,567 @@
+"""Fast int8 QConv2d / QDense: a register-tiled micro-kernel over 32-bit dot-product lanes, written
+directly as TIR (contract: ``qcompiler/ref/ops/lowbit.py``; epilogues: ``compute_int8.make_epilogue``).
+
+Why TIR and not a TE reduction + tensorize: ``sch.tensorize`` crashes in TVM 0.27 (even with TVM's
+own ``dot_16x4_vnni``), and a TE reduction cannot carry the 4-byte vector operands the dot-product
+instructions take. So each kernel is two ``te.extern`` stages whose bodies are built with TVMScript's
+IRBuilder, with explicit vector loads, broadcasts and ``call_llvm_pure_intrin``:
+
+``pack``
+    activations -> NCHW{g}c: ``xw[n, plane, row, col, e]`` with the spatial padding materialised,
+    ``g`` = the ISA's group (4 bytes for u8 x s8, 2 int16 for i16 x i16) consecutive input channels
+    of one pixel in one 32-bit lane (channels padded per conv group to a multiple of ``g``). For
+    QDense this is just the rows of x with K padded. Interior pixels are converted 16 (or 8) at a
+    time: ``g`` contiguous channel-row loads interleaved by one shuffle.
+``dot``
+    output channels in the vector lanes, ``tile_p`` output pixels (conv: flattened n, oh, ow; dense:
+    rows) x ``vectors`` vectors of ``lanes`` channels accumulated in registers; each reduction step
+    broadcasts one 32-bit activation lane per pixel and multiplies it with ``vectors`` weight
+    vectors, laid out ``[OB, CW, KH, KW, vectors, lanes, g]`` at compile time. The epilogue runs on
+    the registers and stores straight into the NCHW / [M, N] output.
+
+Arithmetic (exact; int32 wraps like two's complement, so a partial sum that leaves int32 still ends
+at the true accumulator whenever that fits int32, which the contract requires):
+
+* ``u8s8`` (VNNI ``vpdpbusd``, ARM ``udot``-style): activations as unsigned bytes ``xu = x`` (uint8)
+  or ``x ^ 0x80`` (int8, i.e. ``x + 128``), ``zu`` the zero point in that domain; symmetric weights
+  (``w_zero_point == 0``). ``acc = sum xu * w + corr[o] + bias[o]`` with the compile-time
+  ``corr[o] = -zu * sum(w[o])``; padded pixels hold ``zu`` (a real zero), padded channels 0.
+* ``s16`` (``vpmaddwd``): activations ``x - x_zero_point`` and weights ``w - w_zero_point`` as int16
+  (any zero points), pairs summed exactly into int32; padding is 0; ``acc = sum + bias[o]``.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from qcompiler.errors import ConfigError, UnsupportedError
+
+from .kernel import Arg, Plan, Stages, TensorSpec, Workload, ceil_div
+
+
+# -- ISA description -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DotIsa:
+    """One 32-bit-lane dot-product instruction as the micro-kernel uses it.
+
+    ``scheme``: ``"u8s8"`` (4 unsigned x signed bytes per lane, accumulating intrinsic
+    ``acc' = f(acc, a, b)``) or ``"s16"`` (2 int16 per lane, ``acc' = acc + f(a, b)``).
+    ``lanes``: int32 lanes per vector register. ``intrinsic``: the LLVM intrinsic name.
+    """
+
+    name: str
+    scheme: str
+    lanes: int
+    intrinsic: str
+
+    def __post_init__(self):
+        if self.scheme not in ("u8s8", "s16"):
+            raise ConfigError(f"DotIsa {self.name}: scheme must be u8s8 or s16, got {self.scheme!r}")
+        if self.lanes not in (4, 8, 16):
+            raise ConfigError(f"DotIsa {self.name}: lanes must be 4, 8 or 16, got {self.lanes}")
+
+    @property
+    def group(self) -> int:
+        """Reduction elements per 32-bit lane."""
+        return 4 if self.scheme == "u8s8" else 2
+
+    @property
+    def x_dtype(self) -> str:
+        return "uint8" if self.scheme == "u8s8" else "int16"
+
+    @property
+    def w_dtype(self) -> str:
+        return "int8" if self.scheme == "u8s8" else "int16"
+
+    def operand(self, dtype: str) -> str:
+        """The vector type of one full operand register of ``dtype`` elements."""
+        return f"{dtype}x{self.lanes * self.group}"
+
+
+@dataclass(frozen=True)
+class FastConfig:
+    """Knobs of the micro-kernel. ``isa``: a name of the family's ISA table; ``tile_p``: output
+    pixels (conv) / rows (dense) per register tile; ``vectors``: accumulator vectors per pixel
+    (``vectors * lanes`` output channels per tile); ``parallel``: spread the tiles over threads."""
+
+    isa: str
+    tile_p: int
+    vectors: int
+    parallel: bool = True
+
+    def __post_init__(self):
+        if not 1 <= self.tile_p <= 32:
+            raise ConfigError(f"tile_p must be in [1, 32], got {self.tile_p}")
+        if not 1 <= self.vectors <= 16:
+            raise ConfigError(f"vectors must be in [1, 16], got {self.vectors}")
+        if self.tile_p * self.vectors > 32:
+            raise ConfigError(f"tile_p * vectors = {self.tile_p * self.vectors} accumulators do not fit in "
+                              f"32 vector registers")
+
+    @staticmethod
+    def of(cfg: dict) -> "FastConfig":
+        try:
+            return FastConfig(str(cfg["isa"]), int(cfg["tile_p"]), int(cfg["vectors"]), bool(cfg["parallel"]))
+        except KeyError as e:
+            raise ConfigError(f"fast int8 kernel config lacks knob {e}") from None
+
+
+# -- geometry ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DotShape:
+    """QConv2d (or QDense as a 1x1 conv over a 1x1 image with batch M) in kernel terms."""
+
+    n: int
+    c: int
+    h: int
+    w: int
+    o: int
+    groups: int
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    dh: int
+    dw: int
+    pt: int
+    pl: int
+    oh: int
+    ow: int
+    x_dtype: str
+    x_zero_point: int
+    w_zero_point: int
+    dense: bool
+
+    @property
+    def cg(self) -> int:
+        return self.c // self.groups
+
+    @property
+    def og(self) -> int:
+        return self.o // self.groups
+
+    @property
+    def rows(self) -> int:
+        """Padded input rows the conv reads."""
+        return (self.oh - 1) * self.sh + (self.kh - 1) * self.dh + 1
+
+    @property
+    def cols(self) -> int:
+        return (self.ow - 1) * self.sw + (self.kw - 1) * self.dw + 1
+
+    @property
+    def pixels(self) -> int:
+        return self.n * self.oh * self.ow
+
+
+def dot_shape(wl: Workload) -> DotShape:
+    x, w = wl.inputs[0], wl.inputs[1]
+    common = dict(x_dtype=x.dtype, x_zero_point=int(wl.attr("x_zero_point", 0)),
+                  w_zero_point=int(wl.attr("w_zero_point", 0)))
+    if wl.op == "QDense":
+        m, k = x.shape
+        return DotShape(m, k, 1, 1, w.shape[0], 1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1, dense=True, **common)
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    st, dl, pads = wl.attr("strides"), wl.attr("dilations"), wl.attr("pads")
+    oh, ow = wl.outputs[0].shape[2:]
+    groups = int(wl.attr("groups", wl.attr("group", 1)))
+    return DotShape(n, c, h, wd, o, groups, kh, kw, st[0], st[1], dl[0], dl[1], pads[0], pads[1], oh, ow,
+                    dense=False, **common)
+
+
+@dataclass(frozen=True)
+class Blocking:
+    """How channels are blocked for one (shape, isa, config)."""
+
+    cw: int        # 32-bit lanes per pixel per conv group (ceil(C/g / group))
+    ob_g: int      # output-channel blocks per conv group
+    block: int     # output channels per block (vectors * lanes)
+
+    def o_pad(self, groups: int) -> int:
+        return groups * self.ob_g * self.block
+
+
+def blocking(s: DotShape, isa: DotIsa, fc: FastConfig) -> Blocking:
+    block = fc.vectors * isa.lanes
+    return Blocking(ceil_div(s.cg, isa.group), ceil_div(s.og, block), block)
+
+
+def check_supported(s: DotShape, isa: DotIsa) -> None:
+    if isa.scheme == "u8s8" and s.w_zero_point != 0:
+        raise UnsupportedError("the u8 x s8 dot-product kernel needs symmetric weights (w_zero_point 0)")
+    if s.c % s.groups or s.o % s.groups:
+        raise UnsupportedError(f"channels {s.c}->{s.o} are not divisible by groups {s.groups}")
+
+
+def x_zero_unsigned(s: DotShape) -> int:
+    """The activation zero point in the kernel's activation domain (u8s8: unsigned bytes)."""
+    return s.x_zero_point + (128 if s.x_dtype == "int8" else 0)
+
+
+# -- compile-time constants ------------------------------------------------------------------------
+
+def pack_weights(w: np.ndarray, s: DotShape, isa: DotIsa, fc: FastConfig) -> np.ndarray:
+    """``w`` ([O, C/g, KH, KW] or [N, K]) -> ``[OB, CW, KH, KW, vectors, lanes, group]`` (minus the
+    weight zero point for s16), zero output channels / input channels appended per conv group."""
+    b = blocking(s, isa, fc)
+    g, L, V = isa.group, isa.lanes, fc.vectors
+    w4 = np.asarray(w).reshape(s.o, s.cg, s.kh, s.kw).astype(np.int16)
+    if isa.scheme == "s16":
+        w4 = w4 - np.int16(s.w_zero_point)
+    full = np.zeros((s.groups, b.ob_g * b.block, b.cw * g, s.kh, s.kw), np.int16)
+    full[:, :s.og, :s.cg] = w4.reshape(s.groups, s.og, s.cg, s.kh, s.kw)
+    full = full.reshape(s.groups * b.ob_g, V, L, b.cw, g, s.kh, s.kw)
+    out = np.ascontiguousarray(full.transpose(0, 3, 5, 6, 1, 2, 4))
+    return out.astype(isa.w_dtype)
+
+
+def channel_index(s: DotShape, b: Blocking) -> np.ndarray:
+    """For every padded channel, its real output channel or -1."""
+    idx = np.full(s.groups * b.ob_g * b.block, -1, np.int64)
+    for gi in range(s.groups):
+        base = gi * b.ob_g * b.block
+        idx[base: base + s.og] = np.arange(gi * s.og, (gi + 1) * s.og)
+    return idx
+
+
+def weight_correction(w: np.ndarray, s: DotShape, isa: DotIsa, fc: FastConfig) -> np.ndarray:
+    """``corr[o_pad]`` int32: the u8s8 zero-point term ``-zu * sum(w[o])`` (0 in the padding)."""
+    b = blocking(s, isa, fc)
+    corr = -x_zero_unsigned(s) * np.asarray(w).reshape(s.o, -1).astype(np.int64).sum(axis=1)
+    # |zu * sum(w)| <= 383 * 128 * C*KH*KW; int32 wrap-around is exact anyway (module docstring)
+    return pad_channels((corr & 0xFFFFFFFF).astype(np.uint32).view(np.int32), s, b, 0)
+
+
+def pad_channels(v: np.ndarray, s: DotShape, b: Blocking, fill) -> np.ndarray:
+    """A per-output-channel vector laid out over the padded channels (``fill`` in the padding)."""
+    idx = channel_index(s, b)
+    v = np.asarray(v)
+    out = np.full(idx.shape, fill, v.dtype)
+    out[idx >= 0] = v[idx[idx >= 0]]
+    return out
+
+
+#: a harmless value for padded channels of each epilogue vector (never stored)
+EPILOGUE_FILL = {"int32": 0, "float32": 0.0}
+
+
+# -- plan ------------------------------------------------------------------------------------------
+
+def plan(wl: Workload, cfg: dict, isa: DotIsa) -> Plan:
+    """x as is; packed weights, per-channel offsets and padded epilogue vectors as new constants."""
+    from .compute_int8 import epilogue_inputs
+
+    s = dot_shape(wl)
+    check_supported(s, isa)
+    fc = FastConfig.of(cfg)
+    b = blocking(s, isa, fc)
+    o_pad = b.o_pad(s.groups)
+    layout = f"{isa.scheme}l{isa.lanes}v{fc.vectors}g{s.groups}o{o_pad}"
+    wshape = (s.groups * b.ob_g, b.cw, s.kh, s.kw, fc.vectors, isa.lanes, isa.group)
+    vec = TensorSpec((o_pad,), "int32", True)
+    args = [Arg("input", 0, wl.inputs[0]),
+            Arg("const", 1, TensorSpec(wshape, isa.w_dtype, True), f"dotw_{layout}",
+                lambda ins, s=s, fc=fc: pack_weights(ins[1], s, isa, fc))]
+    if isa.scheme == "u8s8":
+        zu = x_zero_unsigned(s)
+        args.append(Arg("const", 1, vec, f"dotcorr_{layout}_z{zu}",
+                        lambda ins, s=s, fc=fc: weight_correction(ins[1], s, isa, fc)))
+    if wl.input(2) is not None:
+        args.append(Arg("const", 2, vec, f"dotbias_{layout}",
+                        lambda ins, b=b, s=s: pad_channels(ins[2], s, b, 0)))
+    for i in range(epilogue_inputs(wl), len(wl.inputs)):
+        spec = wl.inputs[i]
+        fill = EPILOGUE_FILL.get(spec.dtype, 1)
+        args.append(Arg("const", i, TensorSpec((o_pad,), spec.dtype, True), f"dotep_{layout}",
+                        lambda ins, i=i, s=s, b=b, fill=fill: pad_channels(ins[i], s, b, fill)))
+    args.append(Arg("output", 0, wl.outputs[0]))
+    return Plan(tuple(args))
+
+
+# -- TIR helpers -----------------------------------------------------------------------------------
+
+def _flat(buf):
+    """A 1-D view of ``buf``'s data, declared in the current IRBuilder frame (kernels index with
+    precomputed flat offsets)."""
+    from tvm.script import tirx as T
+
+    size = 1
+    for d in buf.shape:
+        size *= int(d)
+    return T.decl_buffer((size,), buf.dtype, data=buf.data)
+
+
+def _bcast32(buf, offset, isa: DotIsa, elem: str):
+    """The 32-bit lane of ``group`` ``elem`` values at ``offset``, broadcast to a full operand."""
+    from tvm import tirx
+
+    word = tirx.reinterpret("int32", buf.vload([offset], f"{elem}x{isa.group}"))
+    return tirx.reinterpret(isa.operand(elem), tirx.Broadcast(word, isa.lanes))
+
+
+def _dot(isa: DotIsa, acc, a, w):
+    from tvm import tirx
+
+    acc_t = f"int32x{isa.lanes}"
+    if isa.scheme == "u8s8":
+        return tirx.call_llvm_pure_intrin(acc_t, isa.intrinsic, acc, a, w)
+    return acc + tirx.call_llvm_pure_intrin(acc_t, isa.intrinsic, a, w)
+
+
+def _scalar_epilogue(wl: Workload, plan_: Plan, bufs: Dict[int, object]):
+    """``fn(acc, padded_channel) -> output`` from ``compute_int8.make_epilogue`` (the one TE
+    definition of the epilogue arithmetic) over the padded epilogue buffers; the kernel applies it
+    in a vectorized loop over the lanes."""
+    from .compute_int8 import make_epilogue
+
+    view = Plan(tuple(Arg("input", a.index, a.spec) if a.kind == "const" and a.tag.startswith("dotep_") else a
+                      for a in plan_.args))
+    return make_epilogue(wl, view, bufs)
+
+
+# -- the stages ------------------------------------------------------------------------------------
+
+def _pack_conv(s: DotShape, isa: DotIsa, b: Blocking, fc: FastConfig):
+    """fcompute of the ``pack`` stage (conv): x NCHW -> xw NCHW{g}c with the padding."""
+    from tvm import tirx
+    from tvm.script import tirx as T
+    from tvm.script.ir_builder import IRBuilder
+
+    g = isa.group
+    planes = s.groups * b.cw
+    rows, cols = s.rows, s.cols
+    chunk = 16 if s.w >= 16 else 8 if s.w >= 8 else 0
+    pad_val = x_zero_unsigned(s) if isa.scheme == "u8s8" else 0
+    xd = isa.x_dtype
+
+    def conv_elem(v, lanes: int):
+        """x -> the kernel's activation domain (``lanes`` = 1: a scalar)."""
+        if isa.scheme == "u8s8":
+            if s.x_dtype != "int8":
+                return v
+            if lanes == 1:
+                return (v.astype("int32") + 128).astype("uint8")
+            return tirx.reinterpret(f"uint8x{lanes}", v) ^ tirx.Broadcast(tirx.const(128, "uint8"), lanes)
+        if lanes == 1:
+            return (v.astype("int32") - s.x_zero_point).astype("int16")
+        return v.astype(f"int16x{lanes}") - tirx.Broadcast(tirx.const(s.x_zero_point, "int16"), lanes)
+
+    def fcompute(ins, outs):
+        x = ins[0]
+        loop = T.parallel if fc.parallel else T.serial
+        with IRBuilder() as ib, ExitStack() as stack:
+            job = stack.enter_context(loop(0, s.n * planes))
+            xw = _flat(outs[0])
+            if True:
+                nn = T.bind(job // planes)
+                plane = T.bind(job % planes)
+                gi = T.bind(plane // b.cw)
+                cb = T.bind(plane % b.cw)
+                with T.serial(0, rows) as r:
+                    row0 = T.bind(((nn * planes + plane) * rows + r) * cols * g)
+                    yin = T.bind(r - s.pt)
+                    inside = tirx.all(yin >= 0, yin < s.h)
+                    with T.If(tirx.Not(inside)):
+                        with T.Then():
+                            with T.serial(0, cols * g) as i:
+                                T.buffer_store(xw, tirx.const(pad_val, xd), [row0 + i])
+                    with T.If(inside):
+                        with T.Then():
+                            # left / right padding and, for narrow rows, every pixel one by one
+                            first = s.pl + (s.w if chunk else 0)
+                            with T.serial(0, cols) as col:
+                                xin = col - s.pl
+                                is_pad = tirx.any(xin < 0, xin >= s.w)
+                                with T.If(tirx.any(col < s.pl, col >= first)):
+                                    with T.Then():
+                                        for e in range(g):
+                                            ch = cb * g + e
+                                            val = conv_elem(x[nn, tirx.min(gi * s.cg + ch, s.c - 1), yin,
+                                                              tirx.max(tirx.min(xin, s.w - 1), 0)], 1)
+                                            val = tirx.Select(ch < s.cg, val, tirx.const(0, xd))
+                                            val = tirx.Select(is_pad, tirx.const(pad_val, xd), val)
+                                            T.buffer_store(xw, val, [row0 + col * g + e])
+                            if chunk:
+                                # interior: `chunk` pixels at a time, the last chunk overlapping
+                                n_chunks = ceil_div(s.w, chunk)
+                                with T.serial(0, n_chunks) as ci:
+                                    x0 = T.bind(tirx.min(ci * chunk, s.w - chunk))
+                                    vecs = []
+                                    for e in range(g):
+                                        ch = cb * g + e
+                                        v = x.vload([nn, tirx.min(gi * s.cg + ch, s.c - 1), yin, x0],
+                                                    f"{s.x_dtype}x{chunk}")
+                                        v = conv_elem(v, chunk)
+                                        zero = tirx.Broadcast(tirx.const(0, xd), chunk)
+                                        vecs.append(tirx.Select(tirx.Broadcast(ch < s.cg, chunk), v, zero))
+                                    idx = [e * chunk + i for i in range(chunk) for e in range(g)]
+                                    inter = tirx.Shuffle(vecs, [tirx.const(i, "int32") for i in idx])
+                                    T.buffer_store(xw, inter, [tirx.Ramp(row0 + (s.pl + x0) * g, 1, chunk * g)])
+        return ib.get()
+
+    return fcompute
+
+
+def _pack_dense(s: DotShape, isa: DotIsa, b: Blocking, fc: FastConfig):
+    """fcompute of the ``pack`` stage (dense): rows of x converted, K padded to ``cw * group``."""
+    from tvm import tirx
+    from tvm.script import tirx as T
+    from tvm.script.ir_builder import IRBuilder
+
+    kp = b.cw * isa.group
+    vec = 32
+    xd = isa.x_dtype
+
+    def conv_vec(v):
+        if isa.scheme == "u8s8":
+            return tirx.reinterpret(f"uint8x{vec}", v) ^ tirx.Broadcast(tirx.const(128, "uint8"), vec) \
+                if s.x_dtype == "int8" else v
+        return v.astype(f"int16x{vec}") - tirx.Broadcast(tirx.const(s.x_zero_point, "int16"), vec)
+
+    def conv_scalar(v):
+        if isa.scheme == "u8s8":
+            return (v.astype("int32") + 128).astype("uint8") if s.x_dtype == "int8" else v
+        return (v.astype("int32") - s.x_zero_point).astype("int16")
+
+    def fcompute(ins, outs):
+        with IRBuilder() as ib, ExitStack() as stack:
+            m = stack.enter_context(T.serial(0, s.n))
+            x = _flat(ins[0])
+            xw = _flat(outs[0])
+            if True:
+                with T.serial(0, s.c // vec) as ci:
+                    T.buffer_store(xw, conv_vec(x.vload([m * s.c + ci * vec], f"{s.x_dtype}x{vec}")),
+                                   [tirx.Ramp(m * kp + ci * vec, 1, vec)])
+                with T.serial(s.c // vec * vec, kp) as k:
+                    val = conv_scalar(x[m * s.c + tirx.min(k, s.c - 1)])
+                    T.buffer_store(xw, tirx.Select(k < s.c, val, tirx.const(0, xd)), [m * kp + k])
+        return ib.get()
+
+    return fcompute
+
+
+def _dot_kernel(wl: Workload, plan_: Plan, s: DotShape, isa: DotIsa, b: Blocking, fc: FastConfig,
+                extra: List[str], ep_positions: List[int]):
+    """``extra``: which per-channel int32 vectors follow the weights ("corr", "bias")."""
+    """fcompute of the ``dot`` stage: register-tiled accumulation, epilogue, stores."""
+    from tvm import tirx
+    from tvm.script import tirx as T
+    from tvm.script.ir_builder import IRBuilder
+
+    g, L, V, TP = isa.group, isa.lanes, fc.vectors, fc.tile_p
+    planes = s.groups * b.cw
+    rows, cols = s.rows, s.cols
+    if s.dense:
+        rows = cols = 1
+    ohw = s.oh * s.ow
+    tiles = ceil_div(s.pixels, TP)
+    n_ob = s.groups * b.ob_g
+    acc_t = f"int32x{L}"
+    out_dtype = wl.outputs[0].dtype
+    full_vectors = s.og % L == 0
+
+    def fcompute(ins, outs):
+        adds = ins[2: 2 + len(extra)]
+        first_ep = 2 + len(extra)
+        epi = _scalar_epilogue(wl, plan_, {pos: ins[k] for k, pos in enumerate(ep_positions, start=first_ep)})
+        loop = T.parallel if fc.parallel else T.serial
+        with IRBuilder() as ib, ExitStack() as stack:
+            job = stack.enter_context(loop(0, n_ob * tiles))
+            xw = _flat(ins[0])
+            wt = _flat(ins[1])
+            out = _flat(outs[0])
+            if True:
+                ob = T.bind(job // tiles)
+                p0 = T.bind(job % tiles * TP)
+                gi = T.bind(ob // b.ob_g)
+                local0 = T.bind(ob % b.ob_g * b.block)          # first channel of the block in its group
+                bases, pix = [], []
+                for t in range(TP):
+                    p = T.bind(tirx.min(p0 + t, s.pixels - 1))
+                    nn = T.bind(p // ohw)
+                    q = T.bind(p % ohw)
+                    y, xx = q // s.ow, q % s.ow
+                    bases.append(T.bind((((nn * planes + gi * b.cw) * rows + y * s.sh) * cols + xx * s.sw) * g))
+                    pix.append((nn, q))
+                acc = T.alloc_buffer((TP * V * L,), "int32", scope="local")
+                for i in range(TP * V):
+                    T.buffer_store(acc, tirx.Broadcast(tirx.const(0, "int32"), L), [tirx.Ramp(i * L, 1, L)])
+                with T.serial(0, b.cw) as cb:
+                    with T.serial(0, s.kh) as ky:
+                        with T.serial(0, s.kw) as kx:
+                            xoff = T.bind(((cb * rows + ky * s.dh) * cols + kx * s.dw) * g)
+                            woff = T.bind((((ob * b.cw + cb) * s.kh + ky) * s.kw + kx) * V * L * g)
+                            wv = [wt.vload([woff + v * L * g], isa.operand(isa.w_dtype)) for v in range(V)]
+                            for t in range(TP):
+                                a = _bcast32(xw, bases[t] + xoff, isa, isa.x_dtype)
+                                for v in range(V):
+                                    i = (t * V + v) * L
+                                    cur = acc.vload([i], acc_t)
+                                    T.buffer_store(acc, _dot(isa, cur, a, wv[v]), [tirx.Ramp(i, 1, L)])
+                # epilogue and stores
+                for t in range(TP):
+                    nn, q = pix[t]
+                    with T.If(p0 + t < s.pixels):
+                        with T.Then():
+                            for v in range(V):
+                                local = local0 + v * L
+                                obase = (nn * s.o + gi * s.og + local) * ohw + q
+                                lane_loop = T.vectorized if full_vectors else T.serial
+                                with lane_loop(0, L) as lane:
+                                    opad = ob * b.block + v * L + lane
+                                    total = acc[(t * V + v) * L + lane]
+                                    for vecbuf in adds:
+                                        total = total + vecbuf[opad]
+                                    store = (lambda: T.buffer_store(out, epi(total, opad), [obase + lane * ohw]))
+                                    if full_vectors:
+                                        with T.If(local < s.og):
+                                            with T.Then():
+                                                store()
+                                    else:
+                                        with T.If(local + lane < s.og):
+                                            with T.Then():
+                                                store()
+        return ib.get()
+
+    return fcompute
+
+
+def compute(wl: Workload, plan_: Plan, cfg: dict, isa: DotIsa) -> Stages:
+    """The two stages (``pack``, ``dot``) as TE externs over the plan's arguments."""
+    from tvm import te
+
+    s = dot_shape(wl)
+    fc = FastConfig.of(cfg)
+    b = blocking(s, isa, fc)
+    ph = {}
+    for pos, a in enumerate(plan_.args):
+        if a.kind != "output":
+            ph[pos] = te.placeholder(a.spec.shape, a.spec.dtype, name=f"arg{pos}")
+    x = ph[0]
+    if s.dense:
+        pack_shape = (s.n, b.cw * isa.group)
+        pack_fn = _pack_dense(s, isa, b, fc)
+    else:
+        pack_shape = (s.n, s.groups * b.cw, s.rows, s.cols, isa.group)
+        pack_fn = _pack_conv(s, isa, b, fc)
+    xw = te.extern(pack_shape, [x], pack_fn, name="pack", dtype=isa.x_dtype)
+    ep_positions = [pos for pos, a in enumerate(plan_.args) if a.kind == "const" and a.tag.startswith("dotep_")]
+    extra = [(pos, a.tag.split("_")[0][3:]) for pos, a in enumerate(plan_.args)
+             if a.kind == "const" and a.tag.startswith(("dotcorr_", "dotbias_"))]
+    inputs = [xw, ph[1]] + [ph[p] for p, _ in extra] + [ph[p] for p in ep_positions]
+    fn = _dot_kernel(wl, plan_, s, isa, b, fc, [name for _, name in extra], ep_positions)
+    out = te.extern(wl.outputs[0].shape, inputs, fn,
+                    name="dot", dtype=wl.outputs[0].dtype)
+    args = [ph[pos] if a.kind != "output" else out for pos, a in enumerate(plan_.args)]
+    return Stages(args, {"pack": xw, "out": out})
+
+
+def schedule(sch, stages: Stages, wl: Workload, target, cfg: dict) -> None:
+    """Nothing to do: the tiling, vectorization and parallel loops are in the generated TIR."""

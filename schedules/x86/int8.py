@@ -1,0 +1,106 @@
+"""Fast int8 QConv2d / QDense on x86: the dot-product micro-kernel of ``schedules/compute_int8_fast.py``
+with the x86 instructions and the measured default tiles.
+
+ISAs (``isa`` knob), picked from the target's features:
+
+===========  ======================================  =========================================
+name         instruction                              when
+===========  ======================================  =========================================
+``vnni512``  ``vpdpbusd zmm`` (u8 x s8, 4 per lane)   AVX-512 VNNI and symmetric weights
+``vnni256``  ``vpdpbusd ymm``                         (a knob for tuning; not a default)
+``madd512``  ``vpmaddwd zmm`` + ``vpaddd`` (i16 x i16)  AVX-512 without VNNI, or w_zero_point != 0
+``madd256``  ``vpmaddwd ymm`` + ``vpaddd``             AVX2 (exact: no ``vpmaddubsw``, whose int16
+                                                      pair sums saturate)
+===========  ======================================  =========================================
+
+Default tiles, measured on Zen 4 (1 thread, ``benchmarks/kernels.py``, min of 30 runs; the machine
+is shared, so differences under ~3 % are noise):
+
+* conv3x3 256x14x14->256, ``vnni512``: tile_p x vectors 6x4 0.525 ms, 12x2 0.540, 4x6 0.588,
+  8x3 0.598, 7x4 0.64 (28 accumulators + 4 weights spill); ``vnni256`` 6x4 0.545.
+* conv3x3 64x56x56->64: 12x2 0.575 ms, 6x4 0.60 (its 64 channels x 144 steps of weights, 37 KB,
+  no longer fit the 32 KB L1; 2 vectors use 18 KB), 8x3 / 4x6 0.89 (channels padded to 96).
+  So ``vectors`` is the largest of 4, 2, 1 that wastes no channels and, when the layer's weights
+  for a block can fit L1 at all, keeps them under ~24 KB; ``tile_p`` fills ~24 accumulators.
+* AVX2 (16 ymm): 4 x 2 accumulators + 2 weights + broadcast + product temporaries.
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+from qcompiler.errors import UnsupportedError
+
+from .. import compute_int8_fast as F
+from ..impls import register
+from ..kernel import KernelImpl, Workload, ceil_div
+
+ISAS: Dict[str, F.DotIsa] = {
+    "vnni512": F.DotIsa("vnni512", "u8s8", 16, "llvm.x86.avx512.vpdpbusd.512"),
+    "vnni256": F.DotIsa("vnni256", "u8s8", 8, "llvm.x86.avx512.vpdpbusd.256"),
+    "madd512": F.DotIsa("madd512", "s16", 16, "llvm.x86.avx512.pmaddw.d.512"),
+    "madd256": F.DotIsa("madd256", "s16", 8, "llvm.x86.avx2.pmadd.wd"),
+}
+
+#: target features each ISA needs (``Target.features``)
+NEEDS = {"vnni512": ("avx512", "vnni"), "vnni256": ("avx512", "vnni"), "madd512": ("avx512",),
+         "madd256": ("avx2",)}
+
+L1_WEIGHT_BUDGET = 24 * 1024
+
+
+def isa_for(wl: Workload, target) -> str:
+    """The default ISA of ``target`` for ``wl`` (VNNI needs symmetric weights)."""
+    if target.has("avx512") and target.has("vnni") and int(wl.attr("w_zero_point", 0)) == 0:
+        return "vnni512"
+    if target.has("avx512"):
+        return "madd512"
+    if target.has("avx2"):
+        return "madd256"
+    raise UnsupportedError(f"target {target.name!r} has neither AVX2 nor AVX-512 for the int8 dot kernel")
+
+
+def _isa(cfg: dict) -> F.DotIsa:
+    try:
+        return ISAS[cfg["isa"]]
+    except KeyError:
+        raise UnsupportedError(f"unknown int8 dot ISA {cfg.get('isa')!r}; known: {sorted(ISAS)}") from None
+
+
+def default_config(wl: Workload, target) -> dict:
+    name = isa_for(wl, target)
+    isa = ISAS[name]
+    s = F.dot_shape(wl)
+    regs = 32 if isa.lanes == 16 or target.has("avx512") else 16
+    step_bytes = ceil_div(s.cg, isa.group) * s.kh * s.kw * isa.lanes * isa.group * (2 if isa.scheme == "s16" else 1)
+    fits_l1 = step_bytes * 2 <= L1_WEIGHT_BUDGET
+    vectors = 1
+    for v in (4, 2):
+        wasted = ceil_div(s.og, v * isa.lanes) * v * isa.lanes - s.og
+        if wasted < isa.lanes and (not fits_l1 or step_bytes * v <= L1_WEIGHT_BUDGET) and 2 * v <= regs // 4:
+            vectors = v
+            break
+    budget = 24 if regs == 32 else 8
+    tile_p = max(1, min(budget // vectors, 16, s.pixels))
+    return {"isa": name, "tile_p": tile_p, "vectors": vectors, "parallel": target.cores > 1}
+
+
+def plan(wl: Workload, cfg: dict):
+    return F.plan(wl, cfg, _isa(cfg))
+
+
+def compute(wl: Workload, plan_, cfg: dict):
+    return F.compute(wl, plan_, cfg, _isa(cfg))
+
+
+def schedule(sch, stages, wl: Workload, target, cfg: dict) -> None:
+    """The tiling lives in the generated TIR; here only the ISA is checked against the target."""
+    missing = [f for f in NEEDS[cfg["isa"]] if not target.has(f)]
+    if missing:
+        raise UnsupportedError(f"int8 dot ISA {cfg['isa']!r} needs target features {missing}, which "
+                               f"target {target.name!r} lacks")
+
+
+for _kind, _doc in (("qconv2d_dot", "int8 conv, dot-product register tile (vpdpbusd / vpmaddwd)"),
+                    ("qdense_dot", "int8 dense, dot-product register tile (vpdpbusd / vpmaddwd)")):
+    register(KernelImpl(f"{_kind}__x86", plan, compute, schedule, default_config, _doc), _kind, "x86")

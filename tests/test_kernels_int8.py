@@ -1,0 +1,166 @@
+"""The fast x86 int8 kernels (schedules/x86/int8.py, schedules/compute_int8_fast.py): bit-exact against
+the reference executor on odd shapes, every epilogue and zero point, on the AVX-512 VNNI path
+(``vpdpbusd``) and the AVX2 path (``vpmaddwd``), plus assembly checks of the intended instructions."""
+
+import numpy as np
+import pytest
+
+from lowering_helpers import assert_close, feeds_of, run_both, single_node_graph
+from qcompiler.codegen.lower import workload_of
+from qcompiler.ref.ops.requant import quantize_multipliers
+from qcompiler.schedules.select import select
+from qcompiler.targets import get_target
+
+rng = np.random.default_rng(606)
+
+AVX512 = pytest.param("x86-avx512", marks=pytest.mark.skipif(
+    not get_target("x86-avx512").runs_natively(), reason="the CPU has no AVX-512 VNNI"))
+TARGETS = [AVX512, "x86-avx2"]
+
+
+def epilogue(kind: str, o: int):
+    """(extra inputs, attrs) of an ``out`` epilogue with per-channel parameters."""
+    if kind == "int32":
+        return [], {"out": "int32"}
+    if kind == "float":
+        return ([(rng.uniform(1e-3, 2e-2, o).astype(np.float32), True),
+                 (rng.uniform(-1, 1, o).astype(np.float32), True)], {"out": "float"})
+    requant, out = kind.split("_")          # e.g. "fixed_uint8", "float_int8"
+    zp, lo, hi = (120, 120, 255) if out == "uint8" else (-3, -128, 100)   # uint8: ReLU fused
+    attrs = {"out": out, "out_zero_point": zp, "out_min": lo, "out_max": hi,
+             "requant": "fixed_point" if requant == "fixed" else "float"}
+    real = rng.uniform(2e-4, 4e-3, o)
+    if requant == "fixed":
+        m, s = quantize_multipliers(real)
+        return [(m, True), (s, True)], attrs
+    return [(real.astype(np.float32), True)], attrs
+
+
+def conv_inputs(xs, ws, xdt, bias, kind):
+    info = np.iinfo(xdt)
+    x = rng.integers(info.min, info.max + 1, xs).astype(xdt)
+    w = rng.integers(-128, 128, ws).astype(np.int8)
+    b = (rng.integers(-3000, 3000, ws[0]).astype(np.int32), True) if bias else (None, False)
+    extra, eattrs = epilogue(kind, ws[0])
+    return [(x, False), (w, True), b] + extra, eattrs
+
+
+def geometry(strides=(1, 1), pads=(0, 0, 0, 0), dil=(1, 1), groups=1, xz=0, wz=0):
+    return dict(strides=strides, pads=pads, dilations=dil, groups=groups, x_zero_point=xz, w_zero_point=wz)
+
+
+CONVS = [
+    # x shape, w shape, geometry, x dtype, bias, epilogue
+    ((1, 5, 9, 11), (7, 5, 3, 3), geometry((1, 2), (1, 1, 2, 0), xz=128), "uint8", True, "fixed_uint8"),
+    ((2, 4, 8, 7), (9, 4, 1, 1), geometry(xz=-3), "int8", False, "float_int8"),
+    ((1, 8, 7, 7), (12, 4, 3, 3), geometry((1, 1), (1, 0, 1, 2), (2, 1), groups=2, xz=5), "uint8", True, "int32"),
+    ((1, 3, 13, 12), (5, 3, 3, 3), geometry((2, 2), (0, 1, 1, 1), xz=17), "uint8", True, "float"),
+    ((1, 40, 17, 18), (36, 40, 3, 3), geometry(pads=(1, 1, 1, 1), xz=-20), "int8", True, "fixed_int8"),
+    ((1, 24, 9, 9), (20, 6, 3, 3), geometry((2, 1), (2, 1, 0, 1), groups=4, xz=3, wz=-2), "int8", True, "fixed_uint8"),
+    ((1, 34, 16, 20), (64, 34, 3, 3), geometry(pads=(1, 1, 1, 1), xz=250), "uint8", False, "float_uint8"),
+]
+
+
+def _check(op, inputs, attrs, tmp_path, target, tuning=None):
+    g = single_node_graph(op, inputs, attrs)
+    if tuning is not None:
+        from qcompiler.codegen.hostrun import run_lowered
+        from qcompiler.codegen.lower import lower_graph
+        from qcompiler import ref
+        lowered = lower_graph(g, target, tuning={workload_of(g, g.nodes[0]).key(): tuning})
+        got, exp = run_lowered(lowered, feeds_of(g, inputs), str(tmp_path / "t")), ref.run(g, feeds_of(g, inputs))
+    else:
+        lowered, got, exp = run_both(g, feeds_of(g, inputs), tmp_path, target)
+    assert_close(got, exp, what=f"{op} {attrs} on {target} {tuning or ''}")
+    return lowered.records[0]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("case", range(len(CONVS)), ids=[f"conv{i}" for i in range(len(CONVS))])
+def test_qconv2d_dot_exact(case, target, tmp_path):
+    xs, ws, geo, xdt, bias, kind = CONVS[case]
+    inputs, eattrs = conv_inputs(xs, ws, xdt, bias, kind)
+    rec = _check("QConv2d", inputs, {**geo, **eattrs}, tmp_path, target)
+    assert rec.impl == "qconv2d_dot__x86"
+    want = "madd256" if target == "x86-avx2" else ("madd512" if geo["w_zero_point"] else "vnni512")
+    assert rec.config["isa"] == want
+
+
+@pytest.mark.parametrize("knobs", [
+    {"isa": "vnni256", "tile_p": 5, "vectors": 3, "parallel": True},
+    {"isa": "madd512", "tile_p": 3, "vectors": 1, "parallel": False},
+    {"isa": "vnni512", "tile_p": 7, "vectors": 2, "parallel": True},
+], ids=["vnni256", "madd512", "vnni512_7x2"])
+def test_qconv2d_dot_knobs(knobs, tmp_path):
+    """Other ISAs and tiles (pixel and channel tails) through the tuning override."""
+    if not get_target("x86-avx512").runs_natively():
+        pytest.skip("the CPU has no AVX-512 VNNI")
+    xs, ws, geo, xdt, bias, kind = CONVS[4]
+    inputs, eattrs = conv_inputs(xs, ws, xdt, bias, kind)
+    rec = _check("QConv2d", inputs, {**geo, **eattrs}, tmp_path, "x86-avx512", tuning=knobs)
+    assert rec.config == knobs
+
+
+DENSES = [
+    # m, k, n, x dtype, xz, wz, bias, epilogue
+    (3, 45, 19, "uint8", 128, 0, True, "fixed_int8"),
+    (1, 100, 40, "int8", -1, 0, False, "float"),
+    (5, 7, 33, "uint8", 0, 0, True, "int32"),
+    (4, 64, 16, "int8", 9, 3, True, "float_uint8"),
+]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("case", range(len(DENSES)), ids=[f"dense{i}" for i in range(len(DENSES))])
+def test_qdense_dot_exact(case, target, tmp_path):
+    m, k, n, xdt, xz, wz, bias, kind = DENSES[case]
+    info = np.iinfo(xdt)
+    x = rng.integers(info.min, info.max + 1, (m, k)).astype(xdt)
+    w = rng.integers(-128, 128, (n, k)).astype(np.int8)
+    b = (rng.integers(-3000, 3000, n).astype(np.int32), True) if bias else (None, False)
+    extra, eattrs = epilogue(kind, n)
+    rec = _check("QDense", [(x, False), (w, True), b] + extra,
+                 {"x_zero_point": xz, "w_zero_point": wz, **eattrs}, tmp_path, target)
+    assert rec.impl == "qdense_dot__x86"
+
+
+def test_depthwise_keeps_the_generic_kernel():
+    """Depthwise has one input channel per output: 4-channel dot lanes would waste 3/4."""
+    x = np.zeros((1, 8, 5, 5), np.uint8)
+    w = np.zeros((8, 1, 3, 3), np.int8)
+    g = single_node_graph("QConv2d", [(x, False), (w, True), (None, False)],
+                          {**geometry(groups=8), "out": "int32"})
+    assert select(workload_of(g, g.nodes[0]), get_target("x86-avx512")).kind == "qdepthwise_conv2d_nchw"
+
+
+def _assembly(op, inputs, attrs, target_name):
+    import tvm
+    from tvm import te
+
+    g = single_node_graph(op, inputs, attrs)
+    target = get_target(target_name)
+    wl = workload_of(g, g.nodes[0])
+    impl = select(wl, target).impl
+    cfg = impl.config_for(wl, target)
+    stages = impl.compute(wl, impl.plan(wl, cfg), cfg)
+    ex = tvm.compile(tvm.IRModule({"main": te.create_prim_func(stages.args)}), target=target.tvm_target())
+    return ex.mod.inspect_source("s")
+
+
+@pytest.mark.parametrize("target,instr", [("x86-avx512", "vpdpbusd"), ("x86-avx2", "vpmaddwd")])
+def test_assembly_has_the_dot_instruction(target, instr):
+    """Cross-compiled only (nothing runs), so this holds on any host."""
+    x = np.zeros((1, 16, 6, 6), np.uint8)
+    w = np.ones((32, 16, 3, 3), np.int8)
+    asm = _assembly("QConv2d", [(x, False), (w, True), (None, False)],
+                    {**geometry(pads=(1, 1, 1, 1), xz=128), "out": "int32"}, target)
+    lines = [ln for ln in asm.splitlines() if instr in ln]
+    assert lines, f"no {instr} in the {target} kernel"
+    if target == "x86-avx512":
+        assert any("zmm" in ln for ln in lines), lines[:3]
+    else:
+        assert not any("zmm" in ln for ln in asm.splitlines()), "AVX2 code must not use zmm registers"
+        assert "vpmaddubsw" not in asm, "vpmaddubsw saturates int16: the AVX2 kernel must not use it"
+    dense = _assembly("QDense", [(np.zeros((2, 64), np.uint8), False), (np.ones((16, 64), np.int8), True),
+                                 (None, False)], {"x_zero_point": 0, "w_zero_point": 0, "out": "int32"}, target)
+    assert instr in dense
