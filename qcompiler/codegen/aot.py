@@ -223,7 +223,8 @@ QC_API int {P}create(qc_{name}_t** out, const char* weights_path, int num_thread
 QC_API int {P}run(qc_{name}_t* model, int n_inputs, const void* const* inputs, const size_t* input_nbytes,
                   int n_outputs, void* const* outputs, const size_t* output_nbytes);
 
-/* The last error of this model ("" if none); with NULL, the last create failure on this thread. */
+/* The last error of this model ("" if none); with NULL, the last create failure (or QC_ERR_BUSY)
+ * on this thread. */
 QC_API const char* {P}last_error(const qc_{name}_t* model);
 QC_API void {P}destroy(qc_{name}_t* model);
 QC_API int {P}num_threads(const qc_{name}_t* model);
@@ -491,8 +492,13 @@ int {P}run({T}* m, int n_inputs, const void* const* inputs, const size_t* input_
           void* const* outputs, const size_t* output_nbytes) {{
   int rc;
   if (!m) return QC_ERR_INVALID_ARGUMENT;
-  if (qc_rt_pool_renew_after_fork(&m->pool) != 0)   /* a model inherited through fork(): new threads */
-    return qc_fail(m->error, QC_ERR_THREADS, "cannot start the thread pool in this (forked) process");
+  if (qc_rt_pool_inherited(m->pool)) {
+    /* the model came through fork(): its pool's threads, and any run the parent had in progress,
+     * exist only in the parent */
+    __atomic_store_n(&m->busy, 0, __ATOMIC_RELAXED);
+    if (qc_rt_pool_renew_after_fork(&m->pool) != 0)
+      return qc_fail(m->error, QC_ERR_THREADS, "cannot start the thread pool in this (forked) process");
+  }
   if (__atomic_exchange_n(&m->busy, 1, __ATOMIC_ACQUIRE))
     return qc_fail(qc_create_error, QC_ERR_BUSY, "model \\"%s\\" is already running in another thread: a model "
                    "runs for one caller at a time", "{name}");

@@ -72,6 +72,8 @@ QC_INTERNAL int qc_rt_pool_num_threads(const qc_pool* pool);
  * waiting forever. Returns 0, or nonzero (pool unchanged) when new threads cannot be started.
  * Call it from the thread that owns the pool, before entering it. */
 QC_INTERNAL int qc_rt_pool_renew_after_fork(qc_pool** pool);
+/* Nonzero if the pool was created before a fork() of this process. */
+QC_INTERNAL int qc_rt_pool_inherited(const qc_pool* pool);
 
 /* Make `pool` the one TVM's parallel launches use on the calling thread, until qc_rt_leave(previous).
  * Launches outside enter/leave (or nested inside a parallel task) run serially on the caller. */

@@ -238,8 +238,8 @@ static pthread_once_t qc_atfork_once = PTHREAD_ONCE_INIT;
 static void qc_on_fork_child(void) { __atomic_add_fetch(&qc_fork_epoch, 1, __ATOMIC_RELAXED); }
 static void qc_register_atfork(void) { pthread_atfork(NULL, NULL, qc_on_fork_child); }
 
-static int qc_pool_inherited(const qc_pool* pool) {
-  return pool->fork_epoch != __atomic_load_n(&qc_fork_epoch, __ATOMIC_RELAXED);
+int qc_rt_pool_inherited(const qc_pool* pool) {
+  return pool && pool->fork_epoch != __atomic_load_n(&qc_fork_epoch, __ATOMIC_RELAXED);
 }
 
 /* Start the workers with asynchronous signals blocked, so that signals (SIGINT, SIGCHLD, ...) reach
@@ -297,7 +297,7 @@ int qc_rt_pool_create(int num_threads, qc_pool** out) {
 void qc_rt_pool_destroy(qc_pool* pool) {
   int i;
   if (!pool) return;
-  if (qc_pool_inherited(pool)) {
+  if (qc_rt_pool_inherited(pool)) {
     /* a copy made by fork(): its workers do not exist in this process (joining them would wait
      * forever) and its locks may be held by them; only the memory is ours to free */
     free(pool->workers);
@@ -320,7 +320,7 @@ void qc_rt_pool_destroy(qc_pool* pool) {
 
 int qc_rt_pool_renew_after_fork(qc_pool** pool) {
   qc_pool* fresh;
-  if (!*pool || !qc_pool_inherited(*pool)) return 0;
+  if (!*pool || !qc_rt_pool_inherited(*pool)) return 0;
   if (qc_rt_pool_create((*pool)->num_threads, &fresh) != 0) return 1;
   qc_rt_pool_destroy(*pool);
   *pool = fresh;
@@ -355,7 +355,7 @@ static int qc_parallel_launch(FTVMParallelLambda fn, void* cdata, int num_task) 
   if (!pool || qc_tls_in_task || pool->num_threads == 1) {
     return qc_run_serial(fn, cdata, num_task > 0 ? num_task : 1);
   }
-  if (qc_pool_inherited(pool)) {
+  if (qc_rt_pool_inherited(pool)) {
     qc_rt_strcpy(qc_tls_error, QC_ERR_CAP, "RuntimeError: this thread pool was inherited through fork(): its "
                  "threads do not exist in this process (qc_rt_pool_renew_after_fork replaces it)");
     return -1;
