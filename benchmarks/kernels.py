@@ -1,6 +1,7 @@
 """Low-bit kernels vs peers on the issue's workloads, one run, 1 thread: prints ratio tables.
 
-Tables: binary A1W1 and A2W2 (bitserial) conv/dense. Peers measured in the same process:
+Tables: binary A1W1 and A2W2 (bitserial) conv/dense, and int8 conv/dense. Peers measured in the
+same process:
 onnxruntime fp32 (Conv/MatMul) and int8 (QLinearConv / MatMulInteger, u8 activations x s8
 weights), and TVM's own ``topi.nn.bitserial_conv2d_nchw`` / ``bitserial_dense`` (unipolar, uint32
 packing: its uint64 variants give wrong results, see PEERS.md) with a simple hand schedule
@@ -8,6 +9,10 @@ packing: its uint64 variants give wrong results, see PEERS.md) with a simple han
 layout ([O, C/32, KH, KW, bits] for the conv), activation packing inside the timed call as TVM does.
 Every TVM peer is first checked against numpy on the benchmark's own inputs (a precondition: a
 peer that does not compute the op is refused, not timed). Times are medians of >= 20 runs.
+The int8 table times our QConv2d (uint8 x, zero point 128, uint8 output with onnxruntime's float
+requantization, as QLinearConv) and QDense (int32 output, as MatMulInteger) kernels exactly as a
+compiled module calls them (activation packing included), the fast kernel the selection table picks
+and the generic int8 kernel it replaced, each checked bit-exact against the reference first.
 Run: ``TVM_NUM_THREADS=1 python benchmarks/kernels.py``.
 """
 
@@ -230,6 +235,95 @@ def _ort_ms(model, x):
     return median_ms(lambda: sess.run(None, {"x": x}))
 
 
+def _int8_graph(op, c, h, w, o, m=1):
+    """A one-node QConv2d (3x3, pad 1) or QDense graph with random data, and its feeds."""
+    from qcompiler.ir import Graph, Node, Value
+    from qcompiler.ref import infer_outputs
+    rng = np.random.default_rng(3)
+    g = Graph(op.lower())
+    if op == "QConv2d":
+        x = rng.integers(0, 256, (1, c, h, w)).astype(np.uint8)
+        consts = [("w", rng.integers(-127, 128, (o, c, 3, 3)).astype(np.int8)),
+                  ("b", rng.integers(-3000, 3000, o).astype(np.int32)),
+                  ("s", np.full(o, 0.1 * 0.01 / 0.5, np.float32))]
+        attrs = dict(strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), groups=1, x_zero_point=128,
+                     w_zero_point=0, out="uint8", out_zero_point=128, out_min=0, out_max=255, requant="float")
+    else:
+        x = rng.integers(0, 256, (m, c)).astype(np.uint8)
+        consts = [("w", rng.integers(-127, 128, (o, c)).astype(np.int8))]
+        attrs = dict(x_zero_point=128, w_zero_point=0, out="int32")
+    g.add_value(Value("x", x.shape, "uint8"))
+    g.inputs.append("x")
+    for name, arr in consts:
+        g.add_const(name, arr)
+    names = ["x", "w"] + [n for n, _ in consts[1:2]] + ([""] if op == "QDense" else []) + [n for n, _ in consts[2:]]
+    specs = [None if not n else ((x.shape, "uint8", None) if n == "x" else (g.value(n).shape, g.value(n).dtype,
+                                                                             g.value(n).data)) for n in names]
+    (shape, dtype), = infer_outputs(op, specs, attrs)
+    g.add_value(Value("y", shape, dtype))
+    g.add_node(Node(op, "n0", names, ["y"], attrs))
+    g.outputs = ["y"]
+    return g, {"x": x}
+
+
+def ours_int8_ms(graph, feeds, target, kind=None):
+    """Time the graph's one kernel as the module calls it: the selected kernel, or ``kind`` (e.g. the
+    generic ``qconv2d_nchw_ocvec``); checked bit-exact against the reference executor first."""
+    import tempfile
+
+    import tvm
+    from qcompiler import ref
+    from qcompiler.codegen import lower as L
+    from qcompiler.codegen.hostrun import HostRunner
+    from qcompiler.schedules import impls, select
+    real_select = select.select
+    if kind is not None:
+        select.select = lambda wl, t: select.Selection(impls.get_impl(kind, t.family), kind, "benchmark", None)
+        L.clear_cache()
+    try:
+        lowered = L.lower_graph(graph, target)
+    finally:
+        select.select = real_select
+    with tempfile.TemporaryDirectory(prefix="qc_bench_") as d:
+        runner = HostRunner(lowered, d)
+        if not all(np.array_equal(runner.run(feeds)[k], v) for k, v in ref.run(graph, feeds).items()):
+            raise PeerError(f"our {lowered.records[0].impl} does not match the reference executor")
+        call = lowered.calls[0]
+        env = {**feeds, **lowered.constants}
+        args = [tvm.runtime.tensor(np.ascontiguousarray(env[n])) if n in env else
+                tvm.runtime.tensor(np.zeros(graph.value(n).shape, graph.value(n).dtype)) for n in call.args]
+        r = runner.module.time_evaluator(call.symbol, tvm.cpu(), number=10, repeat=RUNS)(*args)
+        return float(np.median(r.results)) * 1e3, lowered.records[0].impl
+
+
+def measure_int8(target):
+    rows = []
+    for c, h, w, o in CONVS:
+        g, feeds = _int8_graph("QConv2d", c, h, w, o)
+        ours, impl = ours_int8_ms(g, feeds, target)
+        rows.append({"name": f"conv3x3 {c}x{h}x{w}->{o}", "macs": c * o * 9 * h * w, "ours": ours, "impl": impl,
+                     "generic": ours_int8_ms(g, feeds, target, "qconv2d_nchw_ocvec")[0],
+                     "ort_int8": ort_conv(c, h, w, o, True)})
+    for m, kk in DENSES:
+        g, feeds = _int8_graph("QDense", kk, 1, 1, kk, m)
+        ours, impl = ours_int8_ms(g, feeds, target)
+        rows.append({"name": f"dense M{m} K{kk}->N{kk}", "macs": m * kk * kk, "ours": ours, "impl": impl,
+                     "generic": ours_int8_ms(g, feeds, target, "qdense_nvec")[0],
+                     "ort_int8": ort_dense(m, kk, kk, True)})
+    return rows
+
+
+def print_int8_table(rows):
+    print("int8 (ours: u8 x s8, selected kernel) vs the generic int8 kernel and onnxruntime int8")
+    print(f"{'workload':28s} {'ours ms':>9s} {'GMAC/s':>7s} {'generic':>9s} {'x gen':>6s} {'ORT i8':>8s} "
+          f"{'x i8':>6s}  kernel")
+    for r in rows:
+        gmacs = r["macs"] / (r["ours"] * 1e-3) / 1e9
+        print(f"{r['name']:28s} {r['ours']:9.4f} {gmacs:7.0f} {r['generic']:9.4f} {r['generic'] / r['ours']:6.2f} "
+              f"{r['ort_int8']:8.4f} {r['ort_int8'] / r['ours']:6.2f}  {r['impl']}")
+    print()
+
+
 CONVS = [(256, 14, 14, 256), (64, 56, 56, 64)]
 DENSES = [(1, 1024), (1, 4096), (64, 1024), (64, 4096)]
 
@@ -296,6 +390,7 @@ def main() -> int:
     # term once per pixel
     print_table("A2W2 bitserial (ours, 2x2 planes; GOPS/%peak count plane ops) vs peers",
                 measure(target, (2, 2)), vec_peak, planes=4)
+    print_int8_table(measure_int8(target))
     return 0
 
 

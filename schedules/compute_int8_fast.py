@@ -32,9 +32,8 @@ at the true accumulator whenever that fits int32, which the contract requires):
 
 from __future__ import annotations
 
-from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List
 
 import numpy as np
 
@@ -356,54 +355,52 @@ def _pack_conv(s: DotShape, isa: DotIsa, b: Blocking, fc: FastConfig):
     def fcompute(ins, outs):
         x = ins[0]
         loop = T.parallel if fc.parallel else T.serial
-        with IRBuilder() as ib, ExitStack() as stack:
-            job = stack.enter_context(loop(0, s.n * planes))
+        with IRBuilder() as ib, loop(0, s.n * planes) as job:
             xw = _flat(outs[0])
-            if True:
-                nn = T.bind(job // planes)
-                plane = T.bind(job % planes)
-                gi = T.bind(plane // b.cw)
-                cb = T.bind(plane % b.cw)
-                with T.serial(0, rows) as r:
-                    row0 = T.bind(((nn * planes + plane) * rows + r) * cols * g)
-                    yin = T.bind(r - s.pt)
-                    inside = tirx.all(yin >= 0, yin < s.h)
-                    with T.If(tirx.Not(inside)):
-                        with T.Then():
-                            with T.serial(0, cols * g) as i:
-                                T.buffer_store(xw, tirx.const(pad_val, xd), [row0 + i])
-                    with T.If(inside):
-                        with T.Then():
-                            # left / right padding and, for narrow rows, every pixel one by one
-                            first = s.pl + (s.w if chunk else 0)
-                            with T.serial(0, cols) as col:
-                                xin = col - s.pl
-                                is_pad = tirx.any(xin < 0, xin >= s.w)
-                                with T.If(tirx.any(col < s.pl, col >= first)):
-                                    with T.Then():
-                                        for e in range(g):
-                                            ch = cb * g + e
-                                            val = conv_elem(x[nn, tirx.min(gi * s.cg + ch, s.c - 1), yin,
-                                                              tirx.max(tirx.min(xin, s.w - 1), 0)], 1)
-                                            val = tirx.Select(ch < s.cg, val, tirx.const(0, xd))
-                                            val = tirx.Select(is_pad, tirx.const(pad_val, xd), val)
-                                            T.buffer_store(xw, val, [row0 + col * g + e])
-                            if chunk:
-                                # interior: `chunk` pixels at a time, the last chunk overlapping
-                                n_chunks = ceil_div(s.w, chunk)
-                                with T.serial(0, n_chunks) as ci:
-                                    x0 = T.bind(tirx.min(ci * chunk, s.w - chunk))
-                                    vecs = []
+            nn = T.bind(job // planes)
+            plane = T.bind(job % planes)
+            gi = T.bind(plane // b.cw)
+            cb = T.bind(plane % b.cw)
+            with T.serial(0, rows) as r:
+                row0 = T.bind(((nn * planes + plane) * rows + r) * cols * g)
+                yin = T.bind(r - s.pt)
+                inside = tirx.all(yin >= 0, yin < s.h)
+                with T.If(tirx.Not(inside)):
+                    with T.Then():
+                        with T.serial(0, cols * g) as i:
+                            T.buffer_store(xw, tirx.const(pad_val, xd), [row0 + i])
+                with T.If(inside):
+                    with T.Then():
+                        # left / right padding and, for narrow rows, every pixel one by one
+                        first = s.pl + (s.w if chunk else 0)
+                        with T.serial(0, cols) as col:
+                            xin = col - s.pl
+                            is_pad = tirx.any(xin < 0, xin >= s.w)
+                            with T.If(tirx.any(col < s.pl, col >= first)):
+                                with T.Then():
                                     for e in range(g):
                                         ch = cb * g + e
-                                        v = x.vload([nn, tirx.min(gi * s.cg + ch, s.c - 1), yin, x0],
-                                                    f"{s.x_dtype}x{chunk}")
-                                        v = conv_elem(v, chunk)
-                                        zero = tirx.Broadcast(tirx.const(0, xd), chunk)
-                                        vecs.append(tirx.Select(tirx.Broadcast(ch < s.cg, chunk), v, zero))
-                                    idx = [e * chunk + i for i in range(chunk) for e in range(g)]
-                                    inter = tirx.Shuffle(vecs, [tirx.const(i, "int32") for i in idx])
-                                    T.buffer_store(xw, inter, [tirx.Ramp(row0 + (s.pl + x0) * g, 1, chunk * g)])
+                                        val = conv_elem(x[nn, tirx.min(gi * s.cg + ch, s.c - 1), yin,
+                                                          tirx.max(tirx.min(xin, s.w - 1), 0)], 1)
+                                        val = tirx.Select(ch < s.cg, val, tirx.const(0, xd))
+                                        val = tirx.Select(is_pad, tirx.const(pad_val, xd), val)
+                                        T.buffer_store(xw, val, [row0 + col * g + e])
+                        if chunk:
+                            # interior: `chunk` pixels at a time, the last chunk overlapping
+                            n_chunks = ceil_div(s.w, chunk)
+                            with T.serial(0, n_chunks) as ci:
+                                x0 = T.bind(tirx.min(ci * chunk, s.w - chunk))
+                                vecs = []
+                                for e in range(g):
+                                    ch = cb * g + e
+                                    v = x.vload([nn, tirx.min(gi * s.cg + ch, s.c - 1), yin, x0],
+                                                f"{s.x_dtype}x{chunk}")
+                                    v = conv_elem(v, chunk)
+                                    zero = tirx.Broadcast(tirx.const(0, xd), chunk)
+                                    vecs.append(tirx.Select(tirx.Broadcast(ch < s.cg, chunk), v, zero))
+                                idx = [e * chunk + i for i in range(chunk) for e in range(g)]
+                                inter = tirx.Shuffle(vecs, [tirx.const(i, "int32") for i in idx])
+                                T.buffer_store(xw, inter, [tirx.Ramp(row0 + (s.pl + x0) * g, 1, chunk * g)])
         return ib.get()
 
     return fcompute
@@ -431,17 +428,15 @@ def _pack_dense(s: DotShape, isa: DotIsa, b: Blocking, fc: FastConfig):
         return (v.astype("int32") - s.x_zero_point).astype("int16")
 
     def fcompute(ins, outs):
-        with IRBuilder() as ib, ExitStack() as stack:
-            m = stack.enter_context(T.serial(0, s.n))
+        with IRBuilder() as ib, T.serial(0, s.n) as m:
             x = _flat(ins[0])
             xw = _flat(outs[0])
-            if True:
-                with T.serial(0, s.c // vec) as ci:
-                    T.buffer_store(xw, conv_vec(x.vload([m * s.c + ci * vec], f"{s.x_dtype}x{vec}")),
-                                   [tirx.Ramp(m * kp + ci * vec, 1, vec)])
-                with T.serial(s.c // vec * vec, kp) as k:
-                    val = conv_scalar(x[m * s.c + tirx.min(k, s.c - 1)])
-                    T.buffer_store(xw, tirx.Select(k < s.c, val, tirx.const(0, xd)), [m * kp + k])
+            with T.serial(0, s.c // vec) as ci:
+                T.buffer_store(xw, conv_vec(x.vload([m * s.c + ci * vec], f"{s.x_dtype}x{vec}")),
+                               [tirx.Ramp(m * kp + ci * vec, 1, vec)])
+            with T.serial(s.c // vec * vec, kp) as k:
+                val = conv_scalar(x[m * s.c + tirx.min(k, s.c - 1)])
+                T.buffer_store(xw, tirx.Select(k < s.c, val, tirx.const(0, xd)), [m * kp + k])
         return ib.get()
 
     return fcompute
@@ -449,8 +444,9 @@ def _pack_dense(s: DotShape, isa: DotIsa, b: Blocking, fc: FastConfig):
 
 def _dot_kernel(wl: Workload, plan_: Plan, s: DotShape, isa: DotIsa, b: Blocking, fc: FastConfig,
                 extra: List[str], ep_positions: List[int]):
-    """``extra``: which per-channel int32 vectors follow the weights ("corr", "bias")."""
-    """fcompute of the ``dot`` stage: register-tiled accumulation, epilogue, stores."""
+    """fcompute of the ``dot`` stage: register-tiled accumulation, epilogue, stores. ``extra``
+    names the per-channel int32 vectors after the weights ("corr", "bias"). Jobs run block-major
+    (all pixel tiles of one output-channel block in a row), so a block's weights stay in cache."""
     from tvm import tirx
     from tvm.script import tirx as T
     from tvm.script.ir_builder import IRBuilder
@@ -464,7 +460,6 @@ def _dot_kernel(wl: Workload, plan_: Plan, s: DotShape, isa: DotIsa, b: Blocking
     tiles = ceil_div(s.pixels, TP)
     n_ob = s.groups * b.ob_g
     acc_t = f"int32x{L}"
-    out_dtype = wl.outputs[0].dtype
     full_vectors = s.og % L == 0
 
     def fcompute(ins, outs):
@@ -472,62 +467,59 @@ def _dot_kernel(wl: Workload, plan_: Plan, s: DotShape, isa: DotIsa, b: Blocking
         first_ep = 2 + len(extra)
         epi = _scalar_epilogue(wl, plan_, {pos: ins[k] for k, pos in enumerate(ep_positions, start=first_ep)})
         loop = T.parallel if fc.parallel else T.serial
-        with IRBuilder() as ib, ExitStack() as stack:
-            job = stack.enter_context(loop(0, n_ob * tiles))
+        with IRBuilder() as ib, loop(0, n_ob * tiles) as job:
             xw = _flat(ins[0])
             wt = _flat(ins[1])
             out = _flat(outs[0])
-            if True:
-                ob = T.bind(job // tiles)
-                p0 = T.bind(job % tiles * TP)
-                gi = T.bind(ob // b.ob_g)
-                local0 = T.bind(ob % b.ob_g * b.block)          # first channel of the block in its group
-                bases, pix = [], []
-                for t in range(TP):
-                    p = T.bind(tirx.min(p0 + t, s.pixels - 1))
-                    nn = T.bind(p // ohw)
-                    q = T.bind(p % ohw)
-                    y, xx = q // s.ow, q % s.ow
-                    bases.append(T.bind((((nn * planes + gi * b.cw) * rows + y * s.sh) * cols + xx * s.sw) * g))
-                    pix.append((nn, q))
-                acc = T.alloc_buffer((TP * V * L,), "int32", scope="local")
-                for i in range(TP * V):
-                    T.buffer_store(acc, tirx.Broadcast(tirx.const(0, "int32"), L), [tirx.Ramp(i * L, 1, L)])
-                with T.serial(0, b.cw) as cb:
-                    with T.serial(0, s.kh) as ky:
-                        with T.serial(0, s.kw) as kx:
-                            xoff = T.bind(((cb * rows + ky * s.dh) * cols + kx * s.dw) * g)
-                            woff = T.bind((((ob * b.cw + cb) * s.kh + ky) * s.kw + kx) * V * L * g)
-                            wv = [wt.vload([woff + v * L * g], isa.operand(isa.w_dtype)) for v in range(V)]
-                            for t in range(TP):
-                                a = _bcast32(xw, bases[t] + xoff, isa, isa.x_dtype)
-                                for v in range(V):
-                                    i = (t * V + v) * L
-                                    cur = acc.vload([i], acc_t)
-                                    T.buffer_store(acc, _dot(isa, cur, a, wv[v]), [tirx.Ramp(i, 1, L)])
-                # epilogue and stores
-                for t in range(TP):
-                    nn, q = pix[t]
-                    with T.If(p0 + t < s.pixels):
-                        with T.Then():
+            ob = T.bind(job // tiles)
+            p0 = T.bind(job % tiles * TP)
+            gi = T.bind(ob // b.ob_g)
+            local0 = T.bind(ob % b.ob_g * b.block)          # first channel of the block in its group
+            bases, pix = [], []
+            for t in range(TP):
+                p = T.bind(tirx.min(p0 + t, s.pixels - 1))
+                nn = T.bind(p // ohw)
+                q = T.bind(p % ohw)
+                y, xx = q // s.ow, q % s.ow
+                bases.append(T.bind((((nn * planes + gi * b.cw) * rows + y * s.sh) * cols + xx * s.sw) * g))
+                pix.append((nn, q))
+            # declared here, inside the job loop (T.alloc_buffer would hoist it to the block, shared
+            # by all the threads of the parallel loop)
+            acc = T.decl_buffer((TP * V * L,), "int32", scope="local")
+            for i in range(TP * V):
+                T.buffer_store(acc, tirx.Broadcast(tirx.const(0, "int32"), L), [tirx.Ramp(i * L, 1, L)])
+            with T.serial(0, b.cw) as cb:
+                with T.serial(0, s.kh) as ky:
+                    with T.serial(0, s.kw) as kx:
+                        xoff = T.bind(((cb * rows + ky * s.dh) * cols + kx * s.dw) * g)
+                        woff = T.bind((((ob * b.cw + cb) * s.kh + ky) * s.kw + kx) * V * L * g)
+                        wv = [wt.vload([woff + v * L * g], isa.operand(isa.w_dtype)) for v in range(V)]
+                        for t in range(TP):
+                            a = _bcast32(xw, bases[t] + xoff, isa, isa.x_dtype)
                             for v in range(V):
-                                local = local0 + v * L
-                                obase = (nn * s.o + gi * s.og + local) * ohw + q
-                                lane_loop = T.vectorized if full_vectors else T.serial
-                                with lane_loop(0, L) as lane:
-                                    opad = ob * b.block + v * L + lane
-                                    total = acc[(t * V + v) * L + lane]
-                                    for vecbuf in adds:
-                                        total = total + vecbuf[opad]
-                                    store = (lambda: T.buffer_store(out, epi(total, opad), [obase + lane * ohw]))
-                                    if full_vectors:
-                                        with T.If(local < s.og):
-                                            with T.Then():
-                                                store()
-                                    else:
-                                        with T.If(local + lane < s.og):
-                                            with T.Then():
-                                                store()
+                                i = (t * V + v) * L
+                                cur = acc.vload([i], acc_t)
+                                T.buffer_store(acc, _dot(isa, cur, a, wv[v]), [tirx.Ramp(i, 1, L)])
+            # epilogue and stores
+            for t in range(TP):
+                nn, q = pix[t]
+                with T.If(p0 + t < s.pixels):
+                    with T.Then():
+                        for v in range(V):
+                            local = local0 + v * L
+                            obase = (nn * s.o + gi * s.og + local) * ohw + q
+                            lane_loop = T.vectorized if full_vectors else T.serial
+                            with lane_loop(0, L) as lane:
+                                opad = ob * b.block + v * L + lane
+                                total = acc[(t * V + v) * L + lane]
+                                for vecbuf in adds:
+                                    total = total + vecbuf[opad]
+                                # whole vectors past the group's channels are skipped; partial
+                                # vectors (og % lanes != 0) test each lane in a serial loop
+                                valid = local < s.og if full_vectors else local + lane < s.og
+                                with T.If(valid):
+                                    with T.Then():
+                                        T.buffer_store(out, epi(total, opad), [obase + lane * ohw])
         return ib.get()
 
     return fcompute

@@ -154,8 +154,10 @@ RULES: List[Rule] = [
          "general batched/broadcast MatMul", fallback="MatMul without constant 2-D weights uses the "
          "generic batched matmul kernel"),
     Rule("qdense_dot", all_of(op_is("QDense"), family("x86"), has_feature("avx2"), rank(0, 2),
-                              in_dtype(0, *QUANT8), in_dtype(1, "int8"), int8_epilogue, consts_from(1)),
-         "int8 dense as the same dot-product register tile (rows x output-channel vectors)"),
+                              in_dtype(0, *QUANT8), in_dtype(1, "int8"), int8_epilogue, consts_from(1),
+                              lambda wl, t: t.has("vnni") or wl.inputs[0].shape[0] > 1),
+         "int8 dense as the same dot-product register tile (rows x output-channel vectors); one row "
+         "without VNNI stays generic: its int16 weights double the bytes of a weight-bound layer"),
     Rule("qdense_nvec", all_of(op_is("QDense"), in_dtype(0, *QUANT8), int8_epilogue, const_input(1)),
          "int8 dense with exact int32 accumulation, weights packed [N/vn, K, vn]"),
     # pooling, normalisation

@@ -121,7 +121,8 @@ def test_qdense_dot_exact(case, target, tmp_path):
     extra, eattrs = epilogue(kind, n)
     rec = _check("QDense", [(x, False), (w, True), b] + extra,
                  {"x_zero_point": xz, "w_zero_point": wz, **eattrs}, tmp_path, target)
-    assert rec.impl == "qdense_dot__x86"
+    # one row on AVX2 is weight-bandwidth bound: int16 weights would double the bytes (select.py)
+    assert rec.impl == ("qdense_nvec__x86" if m == 1 and target == "x86-avx2" else "qdense_dot__x86")
 
 
 def test_depthwise_keeps_the_generic_kernel():
