@@ -44,3 +44,20 @@ def injective_knobs(wl: Workload, target) -> dict:
     dtype = wl.outputs[0].dtype if wl.outputs else "float32"
     dtype = "int8" if dtype == "bool" else dtype
     return {"vec": vector_lanes(target, dtype), "parallel": 1}
+
+
+def template_defaults(kind: str, wl: Workload, target, vector_registers: int) -> dict:
+    """Default knobs of the float/int8 templates, given the family's vector register count.
+
+    Register budget of the conv/dense tiles: ``tile_ow`` (conv) or ``tile_m * tile_nb`` (dense)
+    accumulator vectors, plus one weight vector and one broadcast, within ``vector_registers``.
+    """
+    lanes = vector_lanes(target, "float32")
+    if kind in ("conv2d_nchw_ocvec", "qconv2d_nchw_ocvec"):
+        return conv_knobs(wl, lanes, max_tile=min(12, vector_registers - 4))
+    if kind in ("depthwise_conv2d_nchw", "qdepthwise_conv2d_nchw"):
+        ow = wl.outputs[0].shape[-1]
+        return {"vw": lanes if ow >= lanes else max(4, 1 << (ow - 1).bit_length()), "parallel": 1}
+    if kind in ("dense_nvec", "qdense_nvec"):
+        return dense_knobs(wl, lanes, max_acc=vector_registers // 2)
+    return injective_knobs(wl, target)
