@@ -290,3 +290,195 @@ int main(int argc, char** argv) {
     logits = np.fromfile(tmp_path / "out.bin", np.float32).reshape(2, 8, 16)
     np.testing.assert_allclose(logits[0], nt.reference(x, 0)["logits"], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(logits[1], nt.reference(x, 4)["logits"], rtol=1e-5, atol=1e-5)
+
+
+# -- lifetimes, threads and fork: regression tests for hangs and silent wrong answers -------------------
+def _run_python(code: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter; a hang becomes a test failure, not a stuck test run."""
+    try:
+        return subprocess.run([sys.executable, "-X", "faulthandler", "-c", code], capture_output=True, text=True,
+                              timeout=timeout, cwd=TESTS)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"the script hung for {timeout} s (deadlock?):\n{code}\n{e.stderr or ''}")
+
+
+def _start_and_join(threads, timeout: int = 60) -> None:
+    """Start daemon threads and join them; a deadlocked one fails the test instead of hanging it."""
+    for t in threads:
+        t.daemon = True
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    hung = [t.name for t in threads if t.is_alive()]
+    assert not hung, f"{hung} still running after {timeout} s: deadlock"
+
+
+def test_module_survives_fork(exported, tmp_path):
+    """A model loaded before fork() runs and closes in the child, also when the fork happened in the
+    middle of a run on another thread. Both used to wait forever: the child inherits the pool but not
+    its worker threads (close joined them, a parallel launch waited for them)."""
+    x = nt.sample_input(13)
+    np.save(tmp_path / "x.npy", x)
+    np.savez(tmp_path / "ref.npz", **nt.reference(x))
+    code = f"""
+import os, threading
+import numpy as np
+from qcompiler.runtime.loader import load
+x = np.load({str(tmp_path / 'x.npy')!r})
+ref = np.load({str(tmp_path / 'ref.npz')!r})
+def check(out):
+    for k in ref.files:
+        np.testing.assert_allclose(out[k], ref[k], rtol=1e-5, atol=1e-5)
+net = load({str(exported)!r}, num_threads=2)
+check(net.run({{"x": x}}))
+stop = False
+def hammer():                     # keeps a run in progress (usually) while the main thread forks
+    while not stop:
+        check(net.run({{"x": x}}))
+busy = threading.Thread(target=hammer)
+busy.start()
+for i in range(6):
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            check(net.run({{"x": x}}))
+            check(net.run({{"x": x}}))
+            if i % 2:
+                net.close()       # destroying the inherited model must not wait for the parent's threads
+            status = 0
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    assert status == 0, f"child {{i}} failed with status {{status}}"
+stop = True
+busy.join()
+check(net.run({{"x": x}}))        # the parent's model is unaffected
+net.close()
+print("OK")
+"""
+    proc = _run_python(code)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stdout + proc.stderr
+
+
+def test_one_model_shared_by_threads(exported):
+    """Runs of one model from several Python threads take turns (they used to share the model's
+    argument buffers and pool: wrong outputs and spurious kernel errors)."""
+    net = load(exported, num_threads=2)
+    errors = []
+
+    def work(seed):
+        x = nt.sample_input(seed)
+        try:
+            for _ in range(20):
+                _check(net.run({"x": x}), x)
+        except Exception as e:     # reported below
+            errors.append(e)
+
+    _start_and_join([threading.Thread(target=work, args=(s,)) for s in (21, 22, 23)])
+    assert not errors, errors[0]
+
+
+def test_c_entry_point_refuses_overlapping_runs(exported):
+    """Calling the library directly (no Python lock) from two threads: each call either runs
+    correctly or returns QC_ERR_BUSY, never a wrong answer."""
+    net = load(exported, num_threads=2)
+    run, handle = net._fn["run"], net._handle
+    P, S = ctypes.c_void_p, ctypes.c_size_t
+    results, busy = [], []
+
+    def work(seed):
+        x = nt.sample_input(seed)
+        outs = [np.empty((8, 16), np.float32), np.empty((8, 64), np.float32)]
+        args = ((P * 1)(x.ctypes.data), (S * 1)(1024), (P * 2)(*[o.ctypes.data for o in outs]), (S * 2)(512, 2048))
+        for _ in range(40):
+            rc = run(handle, 1, args[0], args[1], 2, args[2], args[3])
+            if rc == 7:
+                busy.append(net._fn["last_error"](None).decode())
+                continue
+            results.append(rc)
+            if rc == 0:
+                try:
+                    _check({"logits": outs[0], "h2": outs[1]}, x)
+                except AssertionError as e:
+                    results.append(e)
+
+    _start_and_join([threading.Thread(target=work, args=(s,)) for s in (31, 32)])
+    assert results and all(r == 0 for r in results), [r for r in results if r != 0][:3]
+    assert all("already running in another thread" in m for m in busy)
+
+
+def test_close_waits_for_a_run_in_progress(exported):
+    """close() on one thread while another runs: the run finishes (or is refused), then the model is
+    destroyed. It used to free the pool under the running thread, which then waited forever for
+    workers that had exited. (In a subprocess: the old failure hangs the closing thread too.)"""
+    code = f"""
+import threading
+import numpy as np
+import native_testnet as nt
+from qcompiler.errors import RuntimeInputError
+from qcompiler.runtime.loader import load
+net = load({str(exported)!r}, num_threads=2)
+x = nt.sample_input(4)
+ref = nt.reference(x)
+outcomes, started = [], threading.Event()
+def work():
+    for i in range(300):
+        try:
+            out = net.run({{"x": x}})
+        except RuntimeInputError as e:
+            outcomes.append(str(e))
+            return
+        for k in ref:
+            np.testing.assert_allclose(out[k], ref[k], rtol=1e-5, atol=1e-5)
+        started.set()
+    outcomes.append("finished")
+t = threading.Thread(target=work)
+t.start()
+started.wait(30)
+net.close()
+t.join()
+net.close()                       # twice is fine
+assert outcomes and ("was closed" in outcomes[0] or outcomes[0] == "finished"), outcomes
+print("OK")
+"""
+    proc = _run_python(code, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stdout + proc.stderr
+
+
+def test_reexport_into_a_loaded_directory_loads_the_new_module(built, tmp_path):
+    """The dynamic loader hands back an already loaded library by its path: loading a directory
+    again after exporting another module (same name, other weights) into it used to run the old one."""
+    d = built.export(tmp_path / "m")
+    x = nt.sample_input(6)
+    _check(load(d, num_threads=1).run({"x": x}), x, seed=0)
+    build_module(nt.make_lowered(seed=4), name="testnet").export(d)
+    _check(load(d, num_threads=1).run({"x": x}), x, seed=4)
+    built.export(d)                   # back to the first: the same bytes share the first load
+    _check(load(d, num_threads=2).run({"x": x}), x, seed=0)
+
+
+def test_library_overwritten_in_place_is_refused(built, tmp_path):
+    """Overwriting a loaded library's file in place (same inode, e.g. ``cp`` over it) changes the
+    code under the running process; loading it again says so instead of running damaged code.
+    (In a subprocess: the first module's code is damaged on purpose.)"""
+    d = built.export(tmp_path / "a")
+    other = build_module(nt.make_lowered(seed=4), name="testnet").files["libtestnet.so"]
+    (tmp_path / "other.so").write_bytes(other)
+    code = f"""
+import os
+from qcompiler.errors import ModelError
+from qcompiler.runtime.loader import load
+first = load({str(d)!r}, num_threads=1)
+with open({str(d)!r} + "/libtestnet.so", "r+b") as f:     # same inode, new bytes
+    f.write(open({str(tmp_path / 'other.so')!r}, "rb").read())
+    f.truncate()
+try:
+    load({str(d)!r}, num_threads=1)
+except ModelError as e:
+    print("refused:", e)
+os._exit(0)                                             # never touch the damaged first module
+"""
+    proc = _run_python(code, timeout=60)
+    assert proc.returncode == 0 and "refused:" in proc.stdout and "overwritten in place" in proc.stdout, \
+        proc.stdout + proc.stderr

@@ -492,13 +492,13 @@ int {P}run({T}* m, int n_inputs, const void* const* inputs, const size_t* input_
           void* const* outputs, const size_t* output_nbytes) {{
   int rc;
   if (!m) return QC_ERR_INVALID_ARGUMENT;
-  if (qc_rt_pool_inherited(m->pool)) {
+  if (qc_rt_pool_inherited(m->pool)) {{
     /* the model came through fork(): its pool's threads, and any run the parent had in progress,
      * exist only in the parent */
     __atomic_store_n(&m->busy, 0, __ATOMIC_RELAXED);
     if (qc_rt_pool_renew_after_fork(&m->pool) != 0)
       return qc_fail(m->error, QC_ERR_THREADS, "cannot start the thread pool in this (forked) process");
-  }
+  }}
   if (__atomic_exchange_n(&m->busy, 1, __ATOMIC_ACQUIRE))
     return qc_fail(qc_create_error, QC_ERR_BUSY, "model \\"%s\\" is already running in another thread: a model "
                    "runs for one caller at a time", "{name}");

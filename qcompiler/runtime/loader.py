@@ -8,16 +8,28 @@
 ``run`` checks names, shapes and dtypes and raises :class:`RuntimeInputError` naming the input and
 what was expected; the library's own entry point checks counts and byte sizes again. This module
 imports only the standard library, numpy and ``qcompiler.errors``/``qcompiler.targets``.
+
+Lifetimes and threads: a loaded library is never unloaded (ctypes does not dlclose), so a model can
+always be destroyed, even at interpreter shutdown. Runs of one module from several threads take
+turns (a lock; the C entry point itself refuses overlapping runs), and ``close`` waits for a run in
+progress. A module survives ``fork()``: in the child its first run starts new pool threads.
+Re-exporting a different module into a directory already loaded in this process loads the new
+library (the dynamic loader would otherwise hand back the old one, found by its path).
 """
 
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import logging
 import os
 import platform
+import shutil
+import tempfile
+import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Tuple
 
@@ -30,6 +42,7 @@ log = logging.getLogger(__name__)
 MANIFEST_FORMAT = "qcompiler-module"
 MANIFEST_VERSION = 1
 _ALIGN = 64
+QC_ERR_BUSY = 7          # run overlapped another run of the same model (see codegen/aot.py ERROR_CODES)
 
 
 @dataclass(frozen=True)
@@ -136,13 +149,12 @@ class NativeModule:
         lib_path = os.path.join(path, lib_name)
         if not os.path.isfile(lib_path):
             raise ModelError(f"module {self.name!r}: library {lib_path!r} is missing")
-        try:
-            self._lib = ctypes.CDLL(os.path.abspath(lib_path))
-        except OSError as e:
-            raise ModelError(f"module {self.name!r}: cannot load {lib_path!r}: {e}") from None
+        self._lock = threading.Lock()     # one run at a time; close waits for a run in progress
+        self._lib = _open_library(os.path.abspath(lib_path), self.name)
         self._fn = self._bind(self._lib, f"qc_{self.name}_")
         self._check_signature()
         self._handle = self._create(path, num_threads)
+        _LIVE_MODULES.add(self)
         n_in, n_out = len(self.inputs), len(self.outputs)
         self._in_nbytes = (ctypes.c_size_t * max(n_in, 1))(*[s.nbytes for s in self.inputs])
         self._out_nbytes = (ctypes.c_size_t * max(n_out, 1))(*[s.nbytes for s in self.outputs])
@@ -246,19 +258,24 @@ class NativeModule:
         return in_ptrs, out_ptrs
 
     def _invoke(self, in_ptrs, out_ptrs) -> None:
+        """One run; the caller holds ``self._lock`` and keeps the arrays behind the pointers alive."""
         if self._handle is None:
             raise RuntimeInputError(f"module {self.name!r} was closed; load it again")
         rc = self._fn["run"](self._handle, len(self.inputs), in_ptrs, self._in_nbytes, len(self.outputs), out_ptrs,
                              self._out_nbytes)
         if rc != 0:
-            msg = self._fn["last_error"](self._handle).decode(errors="replace")
+            msg = self._fn["last_error"](None if rc == QC_ERR_BUSY else self._handle).decode(errors="replace")
             raise RuntimeInputError(f"module {self.name!r}: run failed (code {rc}): {msg}")
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        """Run once: ``{input name: array}`` -> ``{output name: array}`` (fresh arrays)."""
+        """Run once: ``{input name: array}`` -> ``{output name: array}`` (fresh arrays).
+
+        Safe to call from several threads: their runs take turns."""
         arrays = self._check_feeds(feeds)
         outs = self._new_outputs()
-        self._invoke(*self._pointers(arrays, outs))
+        pointers = self._pointers(arrays, outs)     # `arrays` and `outs` outlive the call
+        with self._lock:
+            self._invoke(*pointers)
         return {s.name: o for s, o in zip(self.outputs, outs)}
 
     def time_runs(self, feeds: Mapping[str, np.ndarray], runs: int = 10, warmup: int = 2) -> List[float]:
@@ -266,17 +283,26 @@ class NativeModule:
         arrays = self._check_feeds(feeds)
         outs = self._new_outputs()
         pointers = self._pointers(arrays, outs)    # arrays stay alive: the pointers stay valid
-        for _ in range(warmup):
-            self._invoke(*pointers)
         times = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            self._invoke(*pointers)
-            times.append(time.perf_counter() - t0)
+        with self._lock:
+            for _ in range(warmup):
+                self._invoke(*pointers)
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                self._invoke(*pointers)
+                times.append(time.perf_counter() - t0)
         return times
 
     # -- lifetime ----------------------------------------------------------------------------------------
     def close(self) -> None:
+        """Destroy the model (its arena and threads), after a run in progress has finished."""
+        lock = getattr(self, "_lock", None)
+        if lock is None:          # __init__ failed before there was anything to destroy
+            return
+        with lock:
+            self._destroy()
+
+    def _destroy(self) -> None:
         handle, self._handle = getattr(self, "_handle", None), None
         if handle is not None and handle.value:
             self._fn["destroy"](handle)
@@ -288,14 +314,94 @@ class NativeModule:
         self.close()
 
     def __del__(self):
+        # Never block here: at interpreter shutdown a daemon thread may be frozen inside run, holding
+        # the lock (its model then stays alive; the process is ending).
+        lock = getattr(self, "_lock", None)
+        if lock is None or not lock.acquire(blocking=False):
+            return
         try:
-            self.close()
+            self._destroy()
         except Exception:
             pass
+        finally:
+            lock.release()
 
     def __repr__(self) -> str:
         return (f"<NativeModule {self.name} ({self.path}): inputs {[str(s) for s in self.inputs]}, "
                 f"outputs {[str(s) for s in self.outputs]}>")
+
+
+# -- fork -------------------------------------------------------------------------------------------------
+_LIVE_MODULES: "weakref.WeakSet[NativeModule]" = weakref.WeakSet()
+
+
+def _fresh_locks_after_fork() -> None:
+    # A lock held by another thread at fork() would stay held in the child forever (that thread
+    # does not exist there); no run or load is in progress in the child, so all locks start afresh.
+    global _LIBRARIES_LOCK
+    _LIBRARIES_LOCK = threading.Lock()
+    for module in list(_LIVE_MODULES):
+        module._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_locks_after_fork)
+
+
+# -- opening libraries ---------------------------------------------------------------------------------
+_LIBRARIES: Dict[str, ctypes.CDLL] = {}      # sha256 of a library file -> the library, loaded once
+_HANDLE_DIGESTS: Dict[int, str] = {}         # dlopen handle -> sha256 of the file it was loaded from
+_OPENED_PATHS = set()                        # paths already handed to dlopen in this process
+_LIBRARIES_LOCK = threading.Lock()
+
+
+def _open_library(path: str, name: str) -> ctypes.CDLL:
+    """dlopen ``path`` (absolute), making sure the code is that of the file there now.
+
+    The dynamic loader finds an already loaded library by its path string (and by device/inode),
+    so loading a directory again after a different module was exported into it would silently run
+    the old code. Libraries are therefore keyed by content: the same bytes share one load, and a new
+    file at an already used path is opened through a one-off alias (a symlink in a temporary
+    directory). A file rewritten in place while loaded (same inode) cannot be loaded again: the
+    process's copy of the old code is already damaged, which is reported instead of run.
+    """
+    try:
+        with open(path, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+    except OSError as e:
+        raise ModelError(f"module {name!r}: cannot load {path!r}: {e}") from None
+    with _LIBRARIES_LOCK:
+        lib = _LIBRARIES.get(digest)
+        if lib is not None:
+            return lib
+        try:
+            if path in _OPENED_PATHS:
+                lib = _dlopen_via_alias(path)
+                log.debug("loaded %s through an alias: another library was loaded from that path before", path)
+            else:
+                lib = ctypes.CDLL(path)
+        except OSError as e:
+            raise ModelError(f"module {name!r}: cannot load {path!r}: {e}") from None
+        _OPENED_PATHS.add(path)
+        earlier = _HANDLE_DIGESTS.get(lib._handle)
+        if earlier is not None and earlier != digest:
+            raise ModelError(f"module {name!r}: {path!r} was overwritten in place while this process had the "
+                             f"previous library loaded from it (which also damages that module's code); "
+                             f"export into a new or emptied directory (export() replaces files rather than "
+                             f"overwriting them), or load it in a new process")
+        _HANDLE_DIGESTS[lib._handle] = digest
+        _LIBRARIES[digest] = lib
+        return lib
+
+
+def _dlopen_via_alias(path: str) -> ctypes.CDLL:
+    alias_dir = tempfile.mkdtemp(prefix="qc_lib_")
+    try:
+        alias = os.path.join(alias_dir, os.path.basename(path))
+        os.symlink(path, alias)
+        return ctypes.CDLL(alias)
+    finally:
+        shutil.rmtree(alias_dir, ignore_errors=True)   # the mapping stays valid
 
 
 def _aligned_empty(shape, dtype) -> np.ndarray:

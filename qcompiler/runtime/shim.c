@@ -26,7 +26,6 @@
 #include "qc_runtime.h"
 
 #include <pthread.h>
-#include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -161,6 +160,7 @@ static void qc_pool_run_share(qc_pool* pool, int index, FTVMParallelLambda fn, v
   env.num_task = num_task;
   qc_tls_in_task = 1;
   for (t = index; t < num_task; t += pool->num_threads) {
+    qc_tls_error[0] = '\0';      /* a message left by an earlier failure on this thread is not this one's */
     if (fn(t, &env, cdata) != 0) {
       pthread_mutex_lock(&pool->mu);
       if (!pool->failed) {
@@ -178,50 +178,37 @@ static void qc_pool_run_share(qc_pool* pool, int index, FTVMParallelLambda fn, v
   qc_tls_in_task = 0;
 }
 
-/* Waiting: spin for a short while (a kernel's next parallel loop usually follows within
- * microseconds, and a futex wake costs tens of them), yielding the CPU after the first few
- * iterations so that a waiter never starves the thread it waits for when cores are oversubscribed
- * (a shared machine, more threads than free cores); then sleep on the condition variable. */
-#define QC_SPIN_ITERATIONS 256
-#define QC_SPIN_PAUSES 64
-#if defined(__x86_64__) || defined(__i386__)
-#define QC_RELAX() __builtin_ia32_pause()
-#elif defined(__aarch64__) || (defined(__arm__) && defined(__ARM_ARCH) && __ARM_ARCH >= 7)
-#define QC_RELAX() __asm__ __volatile__("yield" ::: "memory")
-#else
-#define QC_RELAX() __asm__ __volatile__("" ::: "memory")
-#endif
-#define QC_SPIN_WAIT(spin) do { if ((spin) < QC_SPIN_PAUSES) QC_RELAX(); else sched_yield(); } while (0)
-
+/* Waiting is plain mutex/condition-variable sleeping, no spinning. Spinning (even when it yields
+ * the CPU) made a 2-thread ResNet-18 run 12x slower (168 ms vs 14 ms) when other processes kept the
+ * cores busy: a spinning or yielding thread loses the wake-up preference the scheduler gives a
+ * sleeper, so every parallel loop waited a full time slice; unloaded, spinning gained nothing
+ * measurable. All pool state below is read and written under `mu`. */
 static void* qc_worker_main(void* raw) {
   qc_worker_arg* arg = (qc_worker_arg*)raw;
   qc_pool* pool = arg->pool;
   int index = arg->index;
-  unsigned seen = 0;  /* the generation at creation: a launch may bump it before this thread first runs */
+  /* The generation at creation (a new pool starts at 0), not the one this thread first sees: a
+   * launch may already have bumped it, and that job is this thread's to run. */
+  unsigned seen = 0;
   free(arg);
+  pthread_mutex_lock(&pool->mu);
   for (;;) {
-    int spin;
-    for (spin = 0; spin < QC_SPIN_ITERATIONS; ++spin) {
-      if (__atomic_load_n(&pool->generation, __ATOMIC_ACQUIRE) != seen) break;
-      QC_SPIN_WAIT(spin);
-    }
-    pthread_mutex_lock(&pool->mu);
-    while (__atomic_load_n(&pool->generation, __ATOMIC_ACQUIRE) == seen && !pool->shutdown)
-      pthread_cond_wait(&pool->wake, &pool->mu);
-    if (pool->shutdown) {
-      pthread_mutex_unlock(&pool->mu);
-      return NULL;
-    }
+    FTVMParallelLambda fn;
+    void* cdata;
+    int num_task;
+    while (pool->generation == seen && !pool->shutdown) pthread_cond_wait(&pool->wake, &pool->mu);
+    if (pool->shutdown) break;   /* only when no launch is in progress (destroy follows a run) */
+    seen = pool->generation;
+    fn = pool->fn;
+    cdata = pool->cdata;
+    num_task = pool->num_task;
     pthread_mutex_unlock(&pool->mu);
-    seen = __atomic_load_n(&pool->generation, __ATOMIC_ACQUIRE);
-    /* the job fields were written before the generation was published (release) */
-    qc_pool_run_share(pool, index, pool->fn, pool->cdata, pool->num_task);
-    if (__atomic_sub_fetch(&pool->pending, 1, __ATOMIC_ACQ_REL) == 0) {
-      pthread_mutex_lock(&pool->mu);
-      pthread_cond_signal(&pool->done);
-      pthread_mutex_unlock(&pool->mu);
-    }
+    qc_pool_run_share(pool, index, fn, cdata, num_task);
+    pthread_mutex_lock(&pool->mu);
+    if (--pool->pending == 0) pthread_cond_signal(&pool->done);
   }
+  pthread_mutex_unlock(&pool->mu);
+  return NULL;
 }
 
 static int qc_online_cpus(void) {
@@ -351,7 +338,7 @@ static int qc_run_serial(FTVMParallelLambda fn, void* cdata, int num_task) {
 /* int TVMBackendParallelLaunch(FTVMParallelLambda flambda, void* cdata, int num_task) */
 static int qc_parallel_launch(FTVMParallelLambda fn, void* cdata, int num_task) {
   qc_pool* pool = qc_tls_pool;
-  int failed, spin;
+  int failed;
   if (!pool || qc_tls_in_task || pool->num_threads == 1) {
     return qc_run_serial(fn, cdata, num_task > 0 ? num_task : 1);
   }
@@ -372,19 +359,15 @@ static int qc_parallel_launch(FTVMParallelLambda fn, void* cdata, int num_task) 
   pool->num_task = num_task;
   pool->failed = 0;
   pool->error[0] = '\0';
-  __atomic_store_n(&pool->pending, pool->num_threads - 1, __ATOMIC_RELAXED);
-  __atomic_add_fetch(&pool->generation, 1, __ATOMIC_RELEASE);   /* publishes the job */
+  pool->pending = pool->num_threads - 1;
+  pool->generation++;               /* publishes the job: every worker runs it exactly once */
   pthread_cond_broadcast(&pool->wake);
   pthread_mutex_unlock(&pool->mu);
 
   qc_pool_run_share(pool, 0, fn, cdata, num_task);
 
-  for (spin = 0; spin < QC_SPIN_ITERATIONS; ++spin) {
-    if (__atomic_load_n(&pool->pending, __ATOMIC_ACQUIRE) == 0) break;
-    QC_SPIN_WAIT(spin);
-  }
   pthread_mutex_lock(&pool->mu);
-  while (__atomic_load_n(&pool->pending, __ATOMIC_ACQUIRE) > 0) pthread_cond_wait(&pool->done, &pool->mu);
+  while (pool->pending > 0) pthread_cond_wait(&pool->done, &pool->mu);
   failed = pool->failed;
   if (failed) qc_rt_strcpy(qc_tls_error, QC_ERR_CAP, pool->error);
   pthread_mutex_unlock(&pool->mu);
