@@ -314,14 +314,15 @@ def _start_and_join(threads, timeout: int = 60) -> None:
 
 
 def test_module_survives_fork(exported, tmp_path):
-    """A model loaded before fork() runs and closes in the child, also when the fork happened in the
-    middle of a run on another thread. Both used to wait forever: the child inherits the pool but not
-    its worker threads (close joined them, a parallel launch waited for them)."""
+    """A model loaded before fork() runs and closes in the child (both used to wait forever: the
+    child inherits the pool but not its worker threads). Forking while another thread is inside a
+    run is not tested: POSIX leaves a child forked from a multithreaded process at the mercy of any
+    lock held at that moment (malloc, BLAS), which made such a test hang now and then in CI."""
     x = nt.sample_input(13)
     np.save(tmp_path / "x.npy", x)
     np.savez(tmp_path / "ref.npz", **nt.reference(x))
     code = f"""
-import os, threading
+import os
 import numpy as np
 from qcompiler.runtime.loader import load
 x = np.load({str(tmp_path / 'x.npy')!r})
@@ -331,13 +332,7 @@ def check(out):
         np.testing.assert_allclose(out[k], ref[k], rtol=1e-5, atol=1e-5)
 net = load({str(exported)!r}, num_threads=2)
 check(net.run({{"x": x}}))
-stop = False
-def hammer():                     # keeps a run in progress (usually) while the main thread forks
-    while not stop:
-        check(net.run({{"x": x}}))
-busy = threading.Thread(target=hammer)
-busy.start()
-for i in range(6):
+for i in range(4):
     pid = os.fork()
     if pid == 0:
         status = 1
@@ -351,8 +346,6 @@ for i in range(6):
             os._exit(status)
     _, status = os.waitpid(pid, 0)
     assert status == 0, f"child {{i}} failed with status {{status}}"
-stop = True
-busy.join()
 check(net.run({{"x": x}}))        # the parent's model is unaffected
 net.close()
 print("OK")
