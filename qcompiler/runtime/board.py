@@ -54,33 +54,6 @@ def check_signature(runner_specs, manifest_specs, kind: str, where: str) -> None
                          f"({[str(s) for s in runner_specs]} vs {[str(s) for s in manifest_specs]}); re-export it")
 
 
-def check_feeds(specs: Sequence[TensorSpec], feeds: Mapping[str, object], module: str) -> Dict[str, np.ndarray]:
-    """Validate feeds against the signature before anything is copied or launched."""
-    if not isinstance(feeds, Mapping):
-        raise RuntimeInputError(f"module {module!r}: run() takes a dict {{input name: array}}, got "
-                                f"{type(feeds).__name__}; inputs are {[str(s) for s in specs]}")
-    names = [s.name for s in specs]
-    unknown = sorted(set(feeds) - set(names))
-    if unknown:
-        raise RuntimeInputError(f"module {module!r}: unknown input(s) {unknown}; inputs are {[str(s) for s in specs]}")
-    checked = {}
-    for spec in specs:
-        if spec.name not in feeds:
-            raise RuntimeInputError(f"module {module!r}: missing input {spec.name!r} ({spec})")
-        arr = feeds[spec.name]
-        if not isinstance(arr, np.ndarray):
-            raise RuntimeInputError(f"module {module!r}: input {spec.name!r} must be a numpy array ({spec}), got "
-                                    f"{type(arr).__name__}")
-        if str(arr.dtype) != spec.dtype:
-            raise RuntimeInputError(f"module {module!r}: input {spec.name!r} has dtype {arr.dtype}, expected "
-                                    f"{spec.dtype}; convert it with x.astype(np.{spec.dtype})")
-        if tuple(arr.shape) != spec.shape:
-            raise RuntimeInputError(f"module {module!r}: input {spec.name!r} has shape {list(arr.shape)}, "
-                                    f"expected {list(spec.shape)}")
-        checked[spec.name] = np.ascontiguousarray(arr)
-    return checked
-
-
 def stage_inputs(directory: str, feeds: Mapping[str, np.ndarray]) -> List[str]:
     """Write each feed to ``<directory>/<name>.npy``; return the runner's ``name=file`` arguments
     (file names relative to ``directory``, where the runner is started)."""

@@ -26,7 +26,7 @@ import numpy as np
 from qcompiler.errors import RuntimeInputError, TargetError
 
 from . import board
-from .loader import TensorSpec, check_runs_here
+from .loader import TensorSpec, check_feeds, check_runs_here
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class EmulatedModule:
     def _invoke(self, feeds, bench: int, warmup: int = 1):
         if self._closed:
             raise RuntimeInputError(f"module {self.name!r} was closed; load it again")
-        checked = board.check_feeds(self.inputs, feeds, self.name)
+        checked = check_feeds(self.inputs, feeds, self.name)
         with tempfile.TemporaryDirectory(prefix="qc-emu-") as tmp:
             args = board.stage_inputs(tmp, checked)
             os.mkdir(os.path.join(tmp, "out"))

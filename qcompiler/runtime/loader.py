@@ -31,7 +31,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple, Sequence
 
 import numpy as np
 
@@ -223,31 +223,8 @@ class NativeModule:
         return int(self._fn["num_threads"](self._handle))
 
     def _check_feeds(self, feeds: Mapping[str, np.ndarray]) -> List[np.ndarray]:
-        if not isinstance(feeds, Mapping):
-            raise RuntimeInputError(f"module {self.name!r}: run() takes a dict {{input name: array}}, got "
-                                    f"{type(feeds).__name__}; inputs are {[str(s) for s in self.inputs]}")
-        expected = [s.name for s in self.inputs]
-        unknown = [k for k in feeds if k not in expected]
-        missing = [k for k in expected if k not in feeds]
-        if unknown or missing:
-            raise RuntimeInputError(f"module {self.name!r}: inputs are {[str(s) for s in self.inputs]}; "
-                                    + (f"missing {missing}" if missing else "")
-                                    + ("; " if missing and unknown else "")
-                                    + (f"unknown {unknown}" if unknown else ""))
-        arrays = []
-        for spec in self.inputs:
-            x = feeds[spec.name]
-            if not isinstance(x, np.ndarray):
-                raise RuntimeInputError(f"module {self.name!r}: input {spec.name!r} must be a numpy array "
-                                        f"({spec}), got {type(x).__name__}")
-            if str(x.dtype) != spec.dtype:
-                raise RuntimeInputError(f"module {self.name!r}: input {spec.name!r} has dtype {x.dtype}, expected "
-                                        f"{spec.dtype}; convert it with x.astype(np.{spec.dtype})")
-            if tuple(x.shape) != spec.shape:
-                raise RuntimeInputError(f"module {self.name!r}: input {spec.name!r} has shape {list(x.shape)}, "
-                                        f"expected {list(spec.shape)}")
-            arrays.append(np.asarray(x, order="C"))
-        return arrays
+        checked = check_feeds(self.inputs, feeds, self.name)
+        return [checked[spec.name] for spec in self.inputs]
 
     def _new_outputs(self) -> List[np.ndarray]:
         return [_aligned_empty(s.shape, s.dtype) for s in self.outputs]
@@ -411,3 +388,36 @@ def _aligned_empty(shape, dtype) -> np.ndarray:
     raw = np.empty(nbytes + _ALIGN, dtype=np.uint8)
     start = (-raw.ctypes.data) % _ALIGN
     return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
+def check_feeds(specs: Sequence["TensorSpec"], feeds: Mapping[str, object], module: str) -> Dict[str, np.ndarray]:
+    """Validate run() feeds against a module's input signature (names, dtypes, shapes); returns
+    C-contiguous arrays by input name. Shared by native, emulated and remote modules."""
+    if not isinstance(feeds, Mapping):
+        raise RuntimeInputError(f"module {module!r}: run() takes a dict {{input name: array}}, got "
+                                f"{type(feeds).__name__}; inputs are {[str(s) for s in specs]}")
+    expected = [s.name for s in specs]
+    unknown = [k for k in feeds if k not in expected]
+    missing = [k for k in expected if k not in feeds]
+    if unknown or missing:
+        parts = []
+        if missing:
+            more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+            parts.append(f"missing {missing} (no array for missing input {missing[0]!r}{more})")
+        if unknown:
+            parts.append(f"unknown {unknown}")
+        raise RuntimeInputError(f"module {module!r}: {'; '.join(parts)}; inputs are {[str(s) for s in specs]}")
+    checked = {}
+    for spec in specs:
+        x = feeds[spec.name]
+        if not isinstance(x, np.ndarray):
+            raise RuntimeInputError(f"module {module!r}: input {spec.name!r} must be a numpy array "
+                                    f"({spec}), got {type(x).__name__}")
+        if str(x.dtype) != spec.dtype:
+            raise RuntimeInputError(f"module {module!r}: input {spec.name!r} has dtype {x.dtype}, expected "
+                                    f"{spec.dtype}; convert it with x.astype(np.{spec.dtype})")
+        if tuple(x.shape) != spec.shape:
+            raise RuntimeInputError(f"module {module!r}: input {spec.name!r} has shape {list(x.shape)}, "
+                                    f"expected {list(spec.shape)}")
+        checked[spec.name] = np.asarray(x, order="C")   # ascontiguousarray would make 0-d arrays 1-d
+    return checked

@@ -25,7 +25,7 @@ import numpy as np
 from qcompiler.errors import ConfigError, TargetError
 
 from . import board
-from .loader import TensorSpec, manifest_target, read_manifest
+from .loader import TensorSpec, check_feeds, manifest_target, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ class RemoteModule:
     def _invoke(self, feeds, bench: int, warmup: int = 1):
         if not self.remote_dir:
             raise TargetError(f"module {self.name!r} on {self.host} was closed; open it again")
-        feeds = board.check_feeds(self.inputs, feeds, self.name)
+        feeds = check_feeds(self.inputs, feeds, self.name)
         rdir = shlex.quote(self.remote_dir)
         with tempfile.TemporaryDirectory(prefix="qc-remote-") as tmp:
             args = board.stage_inputs(tmp, feeds)
