@@ -139,9 +139,15 @@ def conv2d_ocvec(wl: Workload, plan: Plan, cfg: dict, acc_dtype="float32", x_map
         return te.sum(a.astype(acc_dtype) * wv.astype(acc_dtype), axis=[rc, ky, kx])
 
     acc = te.compute((g["n"], ob_n, g["oh"], owp, vo), acc_body, name="acc")
+    return _conv_output(wl, plan, ph, acc, lambda n, o, y, xx: acc[n, o // vo, y, xx, o % vo],
+                        epilogue, bias, pad)
+
+
+def _conv_output(wl: Workload, plan: Plan, ph, acc, acc_at, epilogue, bias, pad) -> Stages:
+    """The ``out`` stage shared by the conv computes: the epilogue (or bias) applied to ``acc``."""
 
     def out_body(n, o, y, xx):
-        v = acc[n, o // vo, y, xx, o % vo]
+        v = acc_at(n, o, y, xx)
         if epilogue is not None:
             return epilogue(v, o)
         if bias is not None:
@@ -181,20 +187,7 @@ def depthwise_conv2d(wl: Workload, plan: Plan, cfg: dict, acc_dtype="float32", x
         return te.sum(a.astype(acc_dtype) * wv.astype(acc_dtype), axis=[ky, kx])
 
     acc = te.compute((g["n"], g["o"], g["oh"], owp), acc_body, name="acc")
-
-    def out_body(n, o, y, xx):
-        v = acc[n, o, y, xx]
-        if epilogue is not None:
-            return epilogue(v, o)
-        if bias is not None:
-            v = v + bias[o]
-        return v
-
-    out = te.compute(wl.outputs[0].shape, out_body, name="out")
-    named = {"acc": acc, "out": out}
-    if pad is not None:
-        named["pad"] = pad
-    return Stages(ordered(plan, ph, [out]), named)
+    return _conv_output(wl, plan, ph, acc, lambda n, o, y, xx: acc[n, o, y, xx], epilogue, bias, pad)
 
 
 # ----------------------------------------------------------------------------------------------
