@@ -38,3 +38,15 @@ def small_cnn_onnx(seed: int = 0, batch: int = 2, size: int = 16) -> bytes:
 def batches(n: int, shape=(2, 3, 16, 16), seed: int = 0, name: str = "input"):
     rng = np.random.default_rng(seed)
     return [{name: rng.standard_normal(shape).astype(np.float32)} for _ in range(n)]
+
+
+def logits_rel_err(g, q, n: int = 3) -> float:
+    """Worst max|float - quantized| / max|float| of the ``logits`` output over ``n`` batches."""
+    from qcompiler import ref
+
+    worst = 0.0
+    for feed in batches(n, seed=7):
+        a = ref.run(g, feed)["logits"]
+        b = ref.run(q, feed)["logits"]
+        worst = max(worst, float(np.abs(a - b).max() / np.abs(a).max()))
+    return worst

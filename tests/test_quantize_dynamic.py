@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 
 import qcompiler as qc
-from qcompiler import ref
 from qcompiler.quant import QuantConfig, quantize
 
-from _quant_models import batches, small_cnn_onnx
+from _quant_models import logits_rel_err, small_cnn_onnx
 
 
 @pytest.fixture(scope="module")
@@ -17,13 +16,7 @@ def cnn():
     return qc.from_onnx(small_cnn_onnx())
 
 
-def _rel_err(g, q, n=3):
-    worst = 0.0
-    for feed in batches(n, seed=7):
-        a = ref.run(g, feed)["logits"]
-        b = ref.run(q, feed)["logits"]
-        worst = max(worst, float(np.abs(a - b).max() / np.abs(a).max()))
-    return worst
+_rel_err = logits_rel_err
 
 
 def test_no_calibration_falls_back_to_weights_only(cnn, caplog):

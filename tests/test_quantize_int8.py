@@ -10,7 +10,7 @@ from qcompiler import ref
 from qcompiler.errors import ConfigError
 from qcompiler.quant import QuantConfig, quantize
 
-from _quant_models import batches, small_cnn_onnx
+from _quant_models import batches, logits_rel_err, small_cnn_onnx
 
 INT_OPS = {"QConv2d", "QDense", "QAdd", "MaxPool", "QuantizeLinear", "DequantizeLinear", "ReduceMean", "Clip"}
 
@@ -20,13 +20,7 @@ def cnn():
     return qc.from_onnx(small_cnn_onnx())
 
 
-def _rel_err(g, q, n=3):
-    worst = 0.0
-    for feed in batches(n, seed=7):
-        a = ref.run(g, feed)["logits"]
-        b = ref.run(q, feed)["logits"]
-        worst = max(worst, float(np.abs(a - b).max() / np.abs(a).max()))
-    return worst
+_rel_err = logits_rel_err
 
 
 @pytest.mark.parametrize("method", ["minmax", "percentile", "mse", "kl"])
