@@ -1,4 +1,5 @@
-"""Instructions and cycles per binary MAC of the binary dense inner loop on ARM / RISC-V (llvm-mca).
+"""Instructions and cycles per binary MAC of the binary dense inner loop on ARM / RISC-V (llvm-mca),
+and per int8 MAC of the int8 conv inner loop on ARM.
 
 Nothing can be timed here for aarch64, armv7 and riscv64, so the kernels are compared statically:
 our binary dense (``schedules/<family>/binary.py`` defaults) and TVM's own
@@ -9,7 +10,13 @@ with the CPU model. Binary MACs per loop iteration = bits entering popcount inst
 iteration / popcounts per MAC (ours: 1, XOR then popcount; TVM unipolar: 2,
 ``popcount(x & w) - popcount(x & ~w)``).
 
-Run: ``python benchmarks/mca.py``. Prints one table.
+int8 section: conv3x3 64x14x14->64 (uint8 activations, symmetric int8 weights, int32 out), our
+``qconv2d_dot`` (``schedules/arm/int8.py`` defaults: ``sdot`` with dotprod, else ``smlal``/``smlal2``,
+armv7 ``vmlal.s16``) next to the generic ``qconv2d_nchw_ocvec`` (int32 ``mla`` / ``vmla.i32``), same
+triple, 1 thread. int8 MACs per iteration = lanes x products of the multiply-accumulate instructions
+(``sdot .4s``: 16, ``smlal .4s`` / ``mla .4s`` / ``vmlal.s16 q`` / ``vmla.i32 q``: 4).
+
+Run: ``python benchmarks/mca.py`` (both tables), ``--binary`` or ``--int8`` for one.
 """
 
 from __future__ import annotations
@@ -150,7 +157,7 @@ def row(t: Triple, asm: str, pops_per_mac: int):
     return len(body), macs, cycles
 
 
-def main() -> int:
+def binary_table() -> None:
     print(f"binary dense M{M} K{K} N{N}, innermost popcount loop, llvm-mca (Debian LLVM)")
     print(f"{'target':12s} {'cpu':14s} | {'ours: insns':>11s} {'MAC/it':>7s} {'insn/MAC':>9s} {'cyc/MAC':>8s} | "
           f"{'TVM: insns':>10s} {'MAC/it':>7s} {'insn/MAC':>9s} {'cyc/MAC':>8s} | {'x cyc':>6s}")
@@ -174,6 +181,117 @@ def main() -> int:
         if all(c is not None and c[2] for c in cells):
             ratio = f"{(cells[1][2] / cells[1][1]) / (cells[0][2] / cells[0][1]):6.2f}"
         print(out + f" {ratio:>6s}")
+
+
+# -- int8 conv ------------------------------------------------------------------------------------
+
+I8_C, I8_H, I8_W, I8_O = 64, 14, 14, 64
+
+#: multiply-accumulate instructions on int8 data (widened) and the MACs each does
+I8_MACS = ((r"\bsdot\s+v\d+\.4s", 16), (r"\bsmlal2?\s+v\d+\.4s", 4), (r"\bmla\s+v\d+\.4s", 4),
+           (r"\bvmlal\.s16\s+q", 4), (r"\bvmla\.i32\s+q", 4), (r"\bvmla\.i32\s+d", 2))
+
+
+def _int8_triples() -> List[Triple]:
+    """(qcompiler target, llvm-mca model); the kernels are built with the qcompiler target's own TVM
+    target (``tvm_target`` unused). rpi3-armv7 is costed on the 32-bit Cortex-A57 model (see above)."""
+    return [Triple("rpi5", "aarch64-linux-gnu", "cortex-a76", {}, I8_MACS),
+            Triple("rpi4", "aarch64-linux-gnu", "cortex-a72", {}, I8_MACS),
+            Triple("aarch64", "aarch64-linux-gnu", "cortex-a53", {}, I8_MACS),
+            Triple("rpi3-armv7", "armv7a-linux-gnueabihf", "cortex-a57", {}, I8_MACS)]
+
+
+def int8_workload():
+    from qcompiler.codegen.lower import workload_of
+    from qcompiler.ir import Graph, Node, Value
+
+    g = Graph("int8conv")
+    g.add_value(Value("x", (1, I8_C, I8_H, I8_W), "uint8"))
+    g.inputs.append("x")
+    g.add_const("w", np.random.default_rng(0).integers(-128, 128, (I8_O, I8_C, 3, 3)).astype(np.int8))
+    g.add_value(Value("y", (1, I8_O, I8_H, I8_W), "int32"))
+    g.outputs.append("y")
+    g.add_node(Node("QConv2d", "conv", ["x", "w"], ["y"],
+                    {"strides": (1, 1), "pads": (1, 1, 1, 1), "dilations": (1, 1), "groups": 1,
+                     "x_zero_point": 128, "w_zero_point": 0, "out": "int32"}))
+    return workload_of(g, g.nodes[0])
+
+
+def int8_asm(t: Triple, kind: str, override: Optional[dict] = None) -> Tuple[str, dict]:
+    """Assembly of the ``kind`` kernel (arm implementation, 1 thread) for ``t``, and its knobs."""
+    import tvm
+    from tvm import te
+
+    from qcompiler.schedules import select  # noqa: F401  registers the ARM int8 kernels
+    from qcompiler.schedules.impls import get_impl
+    from qcompiler.targets import get_target
+
+    target = get_target(t.name)
+    wl = int8_workload()
+    impl = get_impl(kind, "arm")
+    cfg = dict(impl.config_for(wl, target), **(override or {}))
+    cfg["parallel"] = type(cfg["parallel"])(0)
+    stages = impl.compute(wl, impl.plan(wl, cfg), cfg)
+    sch = tvm.s_tir.Schedule(tvm.IRModule({"main": te.create_prim_func(stages.args)}))
+    sch.work_on("main")
+    impl.schedule(sch, stages, wl, target, cfg)
+    return tvm.compile(sch.mod, target=target.tvm_target()).mod.inspect_source("s"), cfg
+
+
+def int8_row(t: Triple, kind: str, override: Optional[dict] = None):
+    """(insns, MACs, cycles per iteration of the innermost MAC loop, knobs) or None."""
+    asm, cfg = int8_asm(t, kind, override)
+    c = row(t, asm, 1)
+    return None if c is None else c + (cfg,)
+
+
+def int8_table() -> None:
+    print(f"int8 conv3x3 {I8_C}x{I8_H}x{I8_W}->{I8_O}, innermost multiply-accumulate loop, llvm-mca (Debian LLVM)")
+    print(f"{'target':11s} {'cpu':10s} | {'ours: isa':>9s} {'tile':>5s} {'insns':>5s} {'MAC/it':>6s} {'insn/MAC':>8s} "
+          f"{'cyc/MAC':>7s} | {'generic: insns':>14s} {'MAC/it':>6s} {'insn/MAC':>8s} {'cyc/MAC':>7s} | "
+          f"{'x insn':>6s} {'x cyc':>6s}")
+    for t in _int8_triples():
+        cells = []
+        for kind in ("qconv2d_dot", "qconv2d_nchw_ocvec"):
+            try:
+                cells.append(int8_row(t, kind))
+            except Exception as e:  # reported, not hidden
+                sys.stderr.write(f"{t.name}: {kind} failed: {type(e).__name__}: {str(e)[:200]}\n")
+                cells.append(None)
+        out = f"{t.name:11s} {t.mca_cpu:10s} |"
+        c = cells[0]
+        if c is None:
+            out += f" {'n/a':>9s} {'':>5s} {'':>5s} {'':>6s} {'':>8s} {'':>7s} |"
+        else:
+            n, macs, cyc, cfg = c
+            tile = f"{cfg['tile_p']}x{cfg['vectors']}"
+            cyc_s = f"{cyc / macs:7.4f}" if cyc else f"{'n/a':>7s}"
+            out += f" {cfg['isa']:>9s} {tile:>5s} {n:5d} {macs:6.0f} {n / macs:8.4f} {cyc_s} |"
+        g = cells[1]
+        if g is None:
+            out += f" {'n/a':>14s} {'':>6s} {'':>8s} {'':>7s} |"
+        else:
+            n, macs, cyc, _ = g
+            cyc_s = f"{cyc / macs:7.4f}" if cyc else f"{'n/a':>7s}"
+            out += f" {n:14d} {macs:6.0f} {n / macs:8.4f} {cyc_s} |"
+        if c is not None and g is not None:
+            out += f" {(g[0] / g[1]) / (c[0] / c[1]):6.2f}"
+            out += f" {(g[2] / g[1]) / (c[2] / c[1]):6.2f}" if c[2] and g[2] else f" {'n/a':>6s}"
+        print(out)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    unknown = [a for a in argv if a not in ("--binary", "--int8")]
+    if unknown:
+        sys.stderr.write(f"unknown arguments {unknown}; use --binary and/or --int8 (default: both)\n")
+        return 2
+    if "--int8" not in argv or "--binary" in argv:
+        binary_table()
+    if "--binary" not in argv or "--int8" in argv:
+        if "--int8" not in argv:
+            print()
+        int8_table()
     return 0
 
 

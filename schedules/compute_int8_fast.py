@@ -28,6 +28,11 @@ at the true accumulator whenever that fits int32, which the contract requires):
   ``corr[o] = -zu * sum(w[o])``; padded pixels hold ``zu`` (a real zero), padded channels 0.
 * ``s16`` (``vpmaddwd``): activations ``x - x_zero_point`` and weights ``w - w_zero_point`` as int16
   (any zero points), pairs summed exactly into int32; padding is 0; ``acc = sum + bias[o]``.
+* ``s8s8`` (ARM ``sdot``): like ``u8s8`` in the signed byte domain: ``xs = x`` (int8) or ``x ^ 0x80``
+  (uint8, i.e. ``x - 128``), ``zs`` the zero point there, ``corr[o] = -zs * sum(w[o])``.
+* ``s16mla`` (NEON ``smlal``/``smlal2``, armv7 ``vmlal.s16``): the ``s16`` operands with one int16 per
+  lane (``group`` 1): ``acc += sext(x) * sext(w)`` written as plain IR, which LLVM selects as the
+  widening multiply-accumulate (NEON has no pair-summing ``vpmaddwd``).
 """
 
 from __future__ import annotations
@@ -44,12 +49,17 @@ from .kernel import Arg, Plan, Stages, TensorSpec, Workload, ceil_div
 
 # -- ISA description -----------------------------------------------------------------------------
 
+#: reduction elements per 32-bit lane of each scheme
+_GROUP = {"u8s8": 4, "s8s8": 4, "s16": 2, "s16mla": 1}
+
+
 @dataclass(frozen=True)
 class DotIsa:
     """One 32-bit-lane dot-product instruction as the micro-kernel uses it.
 
-    ``scheme``: ``"u8s8"`` (4 unsigned x signed bytes per lane, accumulating intrinsic
-    ``acc' = f(acc, a, b)``) or ``"s16"`` (2 int16 per lane, ``acc' = acc + f(a, b)``).
+    ``scheme``: ``"u8s8"`` / ``"s8s8"`` (4 unsigned / signed x signed bytes per lane, accumulating
+    intrinsic ``acc' = f(acc, a, b)``), ``"s16"`` (2 int16 per lane, ``acc' = acc + f(a, b)``) or
+    ``"s16mla"`` (1 int16 per lane, ``acc' = acc + a * b`` widened; ``intrinsic`` unused).
     ``lanes``: int32 lanes per vector register. ``intrinsic``: the LLVM intrinsic name.
     """
 
@@ -59,23 +69,28 @@ class DotIsa:
     intrinsic: str
 
     def __post_init__(self):
-        if self.scheme not in ("u8s8", "s16"):
-            raise ConfigError(f"DotIsa {self.name}: scheme must be u8s8 or s16, got {self.scheme!r}")
+        if self.scheme not in _GROUP:
+            raise ConfigError(f"DotIsa {self.name}: scheme must be one of {sorted(_GROUP)}, got {self.scheme!r}")
         if self.lanes not in (4, 8, 16):
             raise ConfigError(f"DotIsa {self.name}: lanes must be 4, 8 or 16, got {self.lanes}")
 
     @property
     def group(self) -> int:
         """Reduction elements per 32-bit lane."""
-        return 4 if self.scheme == "u8s8" else 2
+        return _GROUP[self.scheme]
+
+    @property
+    def bytes(self) -> bool:
+        """Byte operands: symmetric weights, the zero-point term a compile-time constant."""
+        return self.scheme in ("u8s8", "s8s8")
 
     @property
     def x_dtype(self) -> str:
-        return "uint8" if self.scheme == "u8s8" else "int16"
+        return {"u8s8": "uint8", "s8s8": "int8"}.get(self.scheme, "int16")
 
     @property
     def w_dtype(self) -> str:
-        return "int8" if self.scheme == "u8s8" else "int16"
+        return "int8" if self.bytes else "int16"
 
     def operand(self, dtype: str) -> str:
         """The vector type of one full operand register of ``dtype`` elements."""
@@ -193,8 +208,8 @@ def blocking(s: DotShape, isa: DotIsa, fc: FastConfig) -> Blocking:
 
 
 def check_supported(s: DotShape, isa: DotIsa) -> None:
-    if isa.scheme == "u8s8" and s.w_zero_point != 0:
-        raise UnsupportedError("the u8 x s8 dot-product kernel needs symmetric weights (w_zero_point 0)")
+    if isa.bytes and s.w_zero_point != 0:
+        raise UnsupportedError(f"the {isa.scheme} byte dot-product kernel needs symmetric weights (w_zero_point 0)")
     if s.c % s.groups or s.o % s.groups:
         raise UnsupportedError(f"channels {s.c}->{s.o} are not divisible by groups {s.groups}")
 
@@ -202,6 +217,13 @@ def check_supported(s: DotShape, isa: DotIsa) -> None:
 def x_zero_unsigned(s: DotShape) -> int:
     """The activation zero point in the kernel's activation domain (u8s8: unsigned bytes)."""
     return s.x_zero_point + (128 if s.x_dtype == "int8" else 0)
+
+
+def x_zero_domain(s: DotShape, isa: DotIsa) -> int:
+    """The activation zero point in ``isa``'s activation domain (byte schemes; padded pixels hold it)."""
+    if isa.scheme == "s8s8":
+        return s.x_zero_point - (128 if s.x_dtype == "uint8" else 0)
+    return x_zero_unsigned(s)
 
 
 # -- compile-time constants ------------------------------------------------------------------------
@@ -212,7 +234,7 @@ def pack_weights(w: np.ndarray, s: DotShape, isa: DotIsa, fc: FastConfig) -> np.
     b = blocking(s, isa, fc)
     g, L, V = isa.group, isa.lanes, fc.vectors
     w4 = np.asarray(w).reshape(s.o, s.cg, s.kh, s.kw).astype(np.int16)
-    if isa.scheme == "s16":
+    if not isa.bytes:
         w4 = w4 - np.int16(s.w_zero_point)
     full = np.zeros((s.groups, b.ob_g * b.block, b.cw * g, s.kh, s.kw), np.int16)
     full[:, :s.og, :s.cg] = w4.reshape(s.groups, s.og, s.cg, s.kh, s.kw)
@@ -231,9 +253,9 @@ def channel_index(s: DotShape, b: Blocking) -> np.ndarray:
 
 
 def weight_correction(w: np.ndarray, s: DotShape, isa: DotIsa, fc: FastConfig) -> np.ndarray:
-    """``corr[o_pad]`` int32: the u8s8 zero-point term ``-zu * sum(w[o])`` (0 in the padding)."""
+    """``corr[o_pad]`` int32: the byte schemes' zero-point term ``-zu * sum(w[o])`` (0 in the padding)."""
     b = blocking(s, isa, fc)
-    corr = -x_zero_unsigned(s) * np.asarray(w).reshape(s.o, -1).astype(np.int64).sum(axis=1)
+    corr = -x_zero_domain(s, isa) * np.asarray(w).reshape(s.o, -1).astype(np.int64).sum(axis=1)
     # |zu * sum(w)| <= 383 * 128 * C*KH*KW; int32 wrap-around is exact anyway (module docstring)
     return pad_channels((corr & 0xFFFFFFFF).astype(np.uint32).view(np.int32), s, b, 0)
 
@@ -268,8 +290,8 @@ def plan(wl: Workload, cfg: dict, isa: DotIsa) -> Plan:
     args = [Arg("input", 0, wl.inputs[0]),
             Arg("const", 1, TensorSpec(wshape, isa.w_dtype, True), f"dotw_{layout}",
                 lambda ins, s=s, fc=fc: pack_weights(ins[1], s, isa, fc))]
-    if isa.scheme == "u8s8":
-        zu = x_zero_unsigned(s)
+    if isa.bytes:
+        zu = x_zero_domain(s, isa)
         args.append(Arg("const", 1, vec, f"dotcorr_{layout}_z{zu}",
                         lambda ins, s=s, fc=fc: weight_correction(ins[1], s, isa, fc)))
     if wl.input(2) is not None:
@@ -301,6 +323,8 @@ def _bcast32(buf, offset, isa: DotIsa, elem: str):
     """The 32-bit lane of ``group`` ``elem`` values at ``offset``, broadcast to a full operand."""
     from tvm import tirx
 
+    if isa.group == 1:
+        return tirx.Broadcast(buf[offset], isa.lanes)
     word = tirx.reinterpret("int32", buf.vload([offset], f"{elem}x{isa.group}"))
     return tirx.reinterpret(isa.operand(elem), tirx.Broadcast(word, isa.lanes))
 
@@ -309,8 +333,10 @@ def _dot(isa: DotIsa, acc, a, w):
     from tvm import tirx
 
     acc_t = f"int32x{isa.lanes}"
-    if isa.scheme == "u8s8":
+    if isa.bytes:
         return tirx.call_llvm_pure_intrin(acc_t, isa.intrinsic, acc, a, w)
+    if isa.scheme == "s16mla":
+        return acc + a.astype(acc_t) * w.astype(acc_t)
     return acc + tirx.call_llvm_pure_intrin(acc_t, isa.intrinsic, a, w)
 
 
@@ -325,6 +351,17 @@ def _scalar_epilogue(wl: Workload, plan_: Plan, bufs: Dict[int, object]):
     return make_epilogue(wl, view, bufs)
 
 
+def _to_signed_bytes(v, s: DotShape, lanes: int):
+    """x -> the s8s8 domain: int8 as is, uint8 ``x ^ 0x80`` (= ``x - 128``); ``lanes`` = 1: a scalar."""
+    from tvm import tirx
+
+    if s.x_dtype == "int8":
+        return v
+    if lanes == 1:
+        return (v.astype("int32") - 128).astype("int8")
+    return tirx.reinterpret(f"int8x{lanes}", v ^ tirx.Broadcast(tirx.const(128, "uint8"), lanes))
+
+
 # -- the stages ------------------------------------------------------------------------------------
 
 def _pack_conv(s: DotShape, isa: DotIsa, b: Blocking, fc: FastConfig):
@@ -336,12 +373,18 @@ def _pack_conv(s: DotShape, isa: DotIsa, b: Blocking, fc: FastConfig):
     g = isa.group
     planes = s.groups * b.cw
     rows, cols = s.rows, s.cols
-    chunk = 16 if s.w >= 16 else 8 if s.w >= 8 else 0
-    pad_val = x_zero_unsigned(s) if isa.scheme == "u8s8" else 0
+    # input columns the conv reads: fewer than s.w when a stride skips the last ones (1x1 stride 2
+    # on an even width); the packed row has room for these only, so the chunks must not pass them
+    # (they did: the spill raced with the next plane's job and wrote past the buffer's end)
+    wi = max(0, min(s.w, cols - s.pl))
+    chunk = 16 if wi >= 16 else 8 if wi >= 8 else 0
+    pad_val = x_zero_domain(s, isa) if isa.bytes else 0
     xd = isa.x_dtype
 
     def conv_elem(v, lanes: int):
         """x -> the kernel's activation domain (``lanes`` = 1: a scalar)."""
+        if isa.scheme == "s8s8":
+            return _to_signed_bytes(v, s, lanes)
         if isa.scheme == "u8s8":
             if s.x_dtype != "int8":
                 return v
@@ -372,7 +415,7 @@ def _pack_conv(s: DotShape, isa: DotIsa, b: Blocking, fc: FastConfig):
                 with T.If(inside):
                     with T.Then():
                         # left / right padding and, for narrow rows, every pixel one by one
-                        first = s.pl + (s.w if chunk else 0)
+                        first = s.pl + (wi if chunk else 0)
                         with T.serial(0, cols) as col:
                             xin = col - s.pl
                             is_pad = tirx.any(xin < 0, xin >= s.w)
@@ -387,9 +430,9 @@ def _pack_conv(s: DotShape, isa: DotIsa, b: Blocking, fc: FastConfig):
                                         T.buffer_store(xw, val, [row0 + col * g + e])
                         if chunk:
                             # interior: `chunk` pixels at a time, the last chunk overlapping
-                            n_chunks = ceil_div(s.w, chunk)
+                            n_chunks = ceil_div(wi, chunk)
                             with T.serial(0, n_chunks) as ci:
-                                x0 = T.bind(tirx.min(ci * chunk, s.w - chunk))
+                                x0 = T.bind(tirx.min(ci * chunk, wi - chunk))
                                 vecs = []
                                 for e in range(g):
                                     ch = cb * g + e
@@ -417,12 +460,16 @@ def _pack_dense(s: DotShape, isa: DotIsa, b: Blocking, fc: FastConfig):
     xd = isa.x_dtype
 
     def conv_vec(v):
+        if isa.scheme == "s8s8":
+            return _to_signed_bytes(v, s, vec)
         if isa.scheme == "u8s8":
             return tirx.reinterpret(f"uint8x{vec}", v) ^ tirx.Broadcast(tirx.const(128, "uint8"), vec) \
                 if s.x_dtype == "int8" else v
         return v.astype(f"int16x{vec}") - tirx.Broadcast(tirx.const(s.x_zero_point, "int16"), vec)
 
     def conv_scalar(v):
+        if isa.scheme == "s8s8":
+            return _to_signed_bytes(v, s, 1)
         if isa.scheme == "u8s8":
             return (v.astype("int32") + 128).astype("uint8") if s.x_dtype == "int8" else v
         return (v.astype("int32") - s.x_zero_point).astype("int16")

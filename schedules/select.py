@@ -17,6 +17,7 @@ from typing import Callable, List, Optional, Tuple
 from .compute_injective import BINARY, UNARY, UNCHECKED_UNARY, VARIADIC
 from .impls import get_impl
 from .kernel import KernelImpl, Workload
+from .arm import int8 as _arm_int8  # noqa: F401  registers qconv2d_dot / qdense_dot on arm
 from .x86 import int8 as _x86_int8  # noqa: F401  registers qconv2d_dot / qdense_dot on x86
 
 Pred = Callable[[Workload, object], bool]
@@ -41,6 +42,10 @@ def op_is(*ops: str) -> Pred:
 
 def all_of(*preds: Pred) -> Pred:
     return lambda wl, t: all(p(wl, t) for p in preds)
+
+
+def any_of(*preds: Pred) -> Pred:
+    return lambda wl, t: any(p(wl, t) for p in preds)
 
 
 def has_feature(*features: str) -> Pred:
@@ -111,6 +116,9 @@ def dequantize_ok(wl: Workload, t) -> bool:
 
 # -- the table -------------------------------------------------------------------------------------
 
+#: targets with a dot-product int8 micro-kernel: x86 AVX2 / AVX-512, every ARM core with NEON
+DOT_ISA = any_of(all_of(family("x86"), has_feature("avx2")), all_of(family("arm"), has_feature("neon")))
+
 def consts_from(start: int) -> Pred:
     """Every present input from ``start`` on is a compile-time constant (epilogue vectors)."""
     return lambda wl, t: all(s is None or s.const for s in wl.inputs[start:])
@@ -135,11 +143,12 @@ RULES: List[Rule] = [
          "depthwise: one input channel per output, so vectorise along output columns"),
     Rule("conv2d_nchw_ocvec", all_of(op_is("Conv"), rank(0, 4), float_io, const_input(1)),
          "direct conv, output channels in the vector lanes, weights pre-packed at compile time"),
-    Rule("qconv2d_dot", all_of(op_is("QConv2d"), family("x86"), has_feature("avx2"), rank(0, 4),
+    Rule("qconv2d_dot", all_of(op_is("QConv2d"), DOT_ISA, rank(0, 4),
                                in_dtype(0, *QUANT8), in_dtype(1, "int8"), int8_epilogue, consts_from(1),
                                lambda wl, t: not depthwise(wl, t)),
-         "int8 conv as a dot-product register tile (schedules/x86/int8.py): vpdpbusd on VNNI with the "
-         "zero-point term folded into a compile-time per-channel constant, else exact int16 vpmaddwd; "
+         "int8 conv as a dot-product register tile (schedules/x86/int8.py, schedules/arm/int8.py): "
+         "vpdpbusd on VNNI / sdot on ARM dotprod with the zero-point term folded into a compile-time "
+         "per-channel constant, else exact int16 vpmaddwd (x86) / smlal, vmlal.s16 (NEON); "
          "weights blocked at compile time; 4-5x the generic int8 conv"),
     Rule("qdepthwise_conv2d_nchw", all_of(op_is("QConv2d"), in_dtype(0, *QUANT8), int8_epilogue, depthwise),
          "int8 depthwise: int32 accumulation vectorised along output columns"),
@@ -153,11 +162,13 @@ RULES: List[Rule] = [
     Rule("batch_matmul", all_of(op_is("MatMul"), float_io),
          "general batched/broadcast MatMul", fallback="MatMul without constant 2-D weights uses the "
          "generic batched matmul kernel"),
-    Rule("qdense_dot", all_of(op_is("QDense"), family("x86"), has_feature("avx2"), rank(0, 2),
+    Rule("qdense_dot", all_of(op_is("QDense"), DOT_ISA, rank(0, 2),
                               in_dtype(0, *QUANT8), in_dtype(1, "int8"), int8_epilogue, consts_from(1),
-                              lambda wl, t: t.has("vnni") or wl.inputs[0].shape[0] > 1),
+                              lambda wl, t: t.family == "arm" or t.has("vnni") or wl.inputs[0].shape[0] > 1),
          "int8 dense as the same dot-product register tile (rows x output-channel vectors); one row "
-         "without VNNI stays generic: its int16 weights double the bytes of a weight-bound layer"),
+         "on x86 without VNNI stays generic: its int16 weights double the bytes of a weight-bound "
+         "layer; on ARM one row takes it too (llvm-mca, M1 K1024 N64: 0.38 vs 0.75 cycles per MAC on "
+         "cortex-a72 with smlal, whose int16 weights double the bytes read; 0.13 vs 0.75 with sdot)"),
     Rule("qdense_nvec", all_of(op_is("QDense"), in_dtype(0, *QUANT8), int8_epilogue, const_input(1)),
          "int8 dense with exact int32 accumulation, weights packed [N/vn, K, vn]"),
     # pooling, normalisation
