@@ -352,22 +352,33 @@ def conv_weight_constant(wl: LowbitConvWorkload, ov: int, weights: np.ndarray) -
     return _block_out_channels(weights, ov, padded_channels(g.o, ov, wl.epilogue))
 
 
-def conv_base_constant(wl: LowbitConvWorkload, ov: int, weights: np.ndarray) -> np.ndarray:
-    """Binary conv: the int32 ``[rows, cols, O_pad]`` base/padding-correction table (o contiguous)."""
+def conv_base_constant(wl: LowbitConvWorkload, ov: int, weights: np.ndarray, by_column: bool = False
+                       ) -> np.ndarray:
+    """Binary conv: the int32 ``[rows, cols, O_pad]`` base/padding-correction table (o contiguous), or
+    with ``by_column`` ``[rows, O_pad, OW]`` (one entry per output column, ow contiguous: the
+    epilogue of the pixel-vector layout reads it as vectors along ow instead of gathering classes)."""
     g = wl.geom
     table = binary_conv_base_table(wl, np.asarray(weights))           # [O, rows, cols]
-    padded = np.zeros(table.shape[1:] + (padded_channels(g.o, ov, wl.epilogue),), np.int32)
+    o_pad = padded_channels(g.o, ov, wl.epilogue)
+    if by_column:
+        l, r = border_classes(g.ow, g.w, g.kw, g.strides[1], g.pads[1], g.dilations[1])
+        cls = [min(c, l) + max(c - (g.ow - r - 1), 0) if l != g.ow else c for c in range(g.ow)]
+        out = np.zeros((table.shape[1], o_pad, g.ow), np.int32)
+        out[:, : g.o] = np.moveaxis(table[:, :, cls], 1, 0)
+        return out
+    padded = np.zeros(table.shape[1:] + (o_pad,), np.int32)
     padded[..., : g.o] = np.moveaxis(table, 0, -1)
     return padded
 
 
 def prepare_conv_constants(wl: LowbitConvWorkload, ov: int, weights: np.ndarray,
-                           epilogue_inputs: Sequence[np.ndarray]) -> Dict[str, np.ndarray]:
+                           epilogue_inputs: Sequence[np.ndarray], base_by_column: bool = False
+                           ) -> Dict[str, np.ndarray]:
     """Kernel-layout constants from the node's constant inputs (weights and epilogue vectors)."""
     g = wl.geom
     out = {"w": conv_weight_constant(wl, ov, weights)}
     if wl.binary:
-        out["base"] = conv_base_constant(wl, ov, weights)
+        out["base"] = conv_base_constant(wl, ov, weights, base_by_column)
     out.update(_prepare_epilogue(wl.epilogue, g.o, padded_channels(g.o, ov, wl.epilogue), epilogue_inputs,
                                  wl.op))
     return out
@@ -561,11 +572,13 @@ class ConvStages:
     extra: Dict[str, object] = field(default_factory=dict)
 
 
-def lowbit_conv_compute(wl: LowbitConvWorkload, ov: int, ow_tile: int = 1) -> ConvStages:
+def lowbit_conv_compute(wl: LowbitConvWorkload, ov: int, ow_tile: int = 1, base_by_column: bool = False
+                        ) -> ConvStages:
     """TE compute of BinaryConv2d/BitserialConv2d with output channels blocked by ``ov``.
 
     The popcount stage covers ``ow`` rounded up to ``ow_tile`` columns (the extra columns read zero
-    padding and are never stored), so register tiles need no bounds checks.
+    padding and are never stored), so register tiles need no bounds checks. ``base_by_column``: the
+    binary conv's correction table in the ``[rows, O_pad, OW]`` layout (:func:`conv_base_constant`).
     """
     from tvm import te, tirx
 
@@ -612,13 +625,21 @@ def lowbit_conv_compute(wl: LowbitConvWorkload, ov: int, ow_tile: int = 1) -> Co
         t, b = border_classes(g.oh, g.h, g.kh, sh, pt, dh)
         l, r = border_classes(g.ow, g.w, g.kw, sw, pl, dw)
         rows, cols = len(_class_rows(g.oh, t, b)), len(_class_rows(g.ow, l, r))
-        base = te.placeholder((rows, cols, o_pad), "int32", name="base")
+        if base_by_column:
+            base = te.placeholder((rows, o_pad, g.ow), "int32", name="base")
+
+            def base_at(oh, ow, o):
+                return base[class_index(oh, g.oh, t, b), o, ow]
+        else:
+            base = te.placeholder((rows, cols, o_pad), "int32", name="base")
+
+            def base_at(oh, ow, o):
+                return base[class_index(oh, g.oh, t, b), class_index(ow, g.ow, l, r), o]
         names = ["x", "w", "base"]
         tensors = [x, w, base]
 
         def acc_fn(n, o, oh, ow):
-            return (base[class_index(oh, g.oh, t, b), class_index(ow, g.ow, l, r), o]
-                    - 2 * pop[n, o, oh, ow].astype("int32"))
+            return base_at(oh, ow, o) - 2 * pop[n, o, oh, ow].astype("int32")
     else:
         ab = wl.act_bits
         w = te.placeholder((o_pad // ov, g.kh, g.kw, wl.weight_bits, cgw, ov), wdt, name="w")

@@ -62,10 +62,9 @@ def _fitted(lw: LowbitWorkload, cfg: dict) -> LowbitConfig:
 
 
 def _stages(lw: LowbitWorkload, c: LowbitConfig):
-    ov = c.lanes * c.o_vectors
     if isinstance(lw, L.LowbitConvWorkload):
-        return L.lowbit_conv_compute(lw, ov, c.spatial_tile)
-    return L.lowbit_dense_compute(lw, ov, c.spatial_tile)
+        return L.lowbit_conv_compute(lw, c.channel_block, c.pixel_tile, c.layout == "pixels")
+    return L.lowbit_dense_compute(lw, c.channel_block, c.pixel_tile)
 
 
 def _digest(*parts) -> str:
@@ -76,14 +75,14 @@ def _digest(*parts) -> str:
 
 def lowbit_default_config(wl: Workload, target) -> dict:
     word_bits = np.dtype(wl.inputs[0].dtype).itemsize * 8
-    return FAMILY_BINARY[target.family].default_config(target, word_bits).as_dict()
+    return FAMILY_BINARY[target.family].default_config(target, word_bits, lowbit_workload(wl)).as_dict()
 
 
 def plan_lowbit(wl: Workload, cfg: dict) -> Plan:
     """x as is; weights (and the binary conv's correction table) and epilogue vectors prepared."""
     lw = lowbit_workload(wl)
     c = _fitted(lw, cfg)
-    ov = c.lanes * c.o_vectors
+    ov = c.channel_block
     st = _stages(lw, c)
     is_conv = isinstance(lw, L.LowbitConvWorkload)
     o = lw.geom.o if is_conv else lw.n
@@ -106,8 +105,10 @@ def plan_lowbit(wl: Workload, cfg: dict) -> Plan:
             fn = L.conv_weight_constant if is_conv else L.dense_weight_constant
             args.append(Arg("const", 1, spec, f"blk{layout}", lambda ins, fn=fn, lw=lw, ov=ov: fn(lw, ov, ins[1])))
         elif name == "base":
-            tag = f"base{_digest(layout, lw.geom, lw.pad_value)}"
-            args.append(Arg("const", 1, spec, tag, lambda ins, lw=lw, ov=ov: L.conv_base_constant(lw, ov, ins[1])))
+            by_column = c.layout == "pixels"
+            tag = f"base{_digest(layout, lw.geom, lw.pad_value, by_column)}"
+            args.append(Arg("const", 1, spec, tag, lambda ins, lw=lw, ov=ov, bc=by_column:
+                            L.conv_base_constant(lw, ov, ins[1], bc)))
         else:
             k = ep_names.index(name[len("ep_"):])
             args.append(Arg("const", 2 + k, spec, f"{name}{o_pad}",

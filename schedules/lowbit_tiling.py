@@ -6,6 +6,14 @@ output channels. Per input word, each pixel's word is broadcast, XORed (ANDed fo
 ``o_vectors`` weight vectors, popcounted and added to ``spatial_tile * o_vectors`` accumulator
 registers; no horizontal reduction is ever needed. The family files (``schedules/<family>/binary.py``)
 choose the knobs per ISA and keep their measured defaults next to them.
+
+Conv ``layout="pixels"`` turns the tile around for convs whose pixel is one word (C <= word bits,
+stride 1): a vector holds ``lanes`` consecutive output pixels (one contiguous load of the packed
+NHWC row), each of ``o_vectors`` output channels' weight word is broadcast, and the accumulators
+are ``o_vectors x spatial_tile`` vectors of pixels. Then no pixel word is broadcast, and the NCHW
+epilogue stores whole vectors along ``ow`` instead of transposing channel vectors (with C = 64 a
+pixel costs only 9 XOR+POPCNT words, so the epilogue is a large part of the work); the binary
+correction table is then laid out per output column (``conv_base_constant(by_column=True)``).
 """
 
 from __future__ import annotations
@@ -20,17 +28,23 @@ from .compute_lowbit import (LowbitConvWorkload, LowbitDenseWorkload, LowbitKern
                              prepare_dense_constants)
 
 PARALLEL = ("outer", "none")
+LAYOUTS = ("channels", "pixels")
 
 
 @dataclass(frozen=True)
 class LowbitConfig:
     """Schedule knobs (what a tuner searches).
 
-    lanes: output channels per vector register (= vector bits / word bits; 1 = scalar popcount).
-    o_vectors: vectors of output channels per register tile.
-    spatial_tile: output pixels (conv, along ow) or rows (dense) per register tile.
+    lanes: output channels per vector register (= vector bits / word bits; 1 = scalar popcount);
+        with ``layout="pixels"``, output pixels per vector register.
+    o_vectors: vectors of output channels per register tile (``layout="pixels"``: output channels,
+        each a broadcast weight word).
+    spatial_tile: output pixels (conv, along ow) or rows (dense) per register tile
+        (``layout="pixels"``: vectors of ``lanes`` pixels).
     unroll_reduce: fully unroll the innermost reduction loop (packed words of one tap).
     unroll_taps: also unroll the kernel-window loops (pays off when a tap is only a few words).
+    layout: conv only: ``"channels"`` (vectors of output channels, pixels broadcast) or ``"pixels"``
+        (vectors of output pixels, weights broadcast; see the module docstring).
     parallel: "outer" = a TVM parallel loop over the outermost tile loop, "none" = serial.
     vectorize_init: vectorize the accumulator zeroing. False keeps it an unrolled scalar loop: on
         RVV, TVM 0.27 turns a call-free vector loop into masked scalable accesses that StorageRewrite
@@ -44,6 +58,7 @@ class LowbitConfig:
     unroll_taps: bool = False
     parallel: str = "outer"
     vectorize_init: bool = True
+    layout: str = "channels"
 
     def __post_init__(self):
         for name in ("lanes", "o_vectors", "spatial_tile"):
@@ -54,6 +69,18 @@ class LowbitConfig:
             raise ConfigError(f"lanes must be a power of two, got {self.lanes}")
         if self.parallel not in PARALLEL:
             raise ConfigError(f"parallel must be one of {PARALLEL}, got {self.parallel!r}")
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+
+    @property
+    def channel_block(self) -> int:
+        """Output channels per register tile (the weights' blocking)."""
+        return self.o_vectors if self.layout == "pixels" else self.lanes * self.o_vectors
+
+    @property
+    def pixel_tile(self) -> int:
+        """Output pixels (conv) or rows (dense) per register tile."""
+        return self.lanes * self.spatial_tile if self.layout == "pixels" else self.spatial_tile
 
     def as_dict(self):
         return asdict(self)
@@ -68,6 +95,11 @@ def _fit_lanes(cfg: LowbitConfig, channels_per_group: int, groups: int) -> Lowbi
     """Grouped convs need the channel block inside one group: shrink lanes/o_vectors to divide it."""
     if groups == 1:
         return cfg
+    if cfg.layout == "pixels":
+        ov = cfg.o_vectors
+        while ov > 1 and channels_per_group % ov:
+            ov -= 1
+        return cfg.replace(o_vectors=ov)
     lanes = cfg.lanes
     while lanes > 1 and channels_per_group % lanes:
         lanes //= 2
@@ -81,6 +113,8 @@ def fit_config(cfg: LowbitConfig, wl) -> LowbitConfig:
     """The knobs a workload can use: grouped convs keep each channel block inside one group."""
     if isinstance(wl, LowbitConvWorkload):
         return _fit_lanes(cfg, wl.geom.og, wl.geom.groups)
+    if cfg.layout != "channels":
+        raise ConfigError(f"layout={cfg.layout!r} is a conv layout; dense kernels take layout='channels'")
     return cfg
 
 
@@ -92,9 +126,12 @@ def apply_conv_schedule(sch, wl: LowbitConvWorkload, cfg: LowbitConfig, blocks=(
                         xsum: Optional[str] = None) -> None:
     """Schedule the stages of :func:`lowbit_conv_compute` (blocks named ``blocks``) in ``sch``.
 
-    ``cfg`` must already be fitted (:func:`fit_config`) and the compute built with its ``ov`` and
-    ``spatial_tile``.
+    ``cfg`` must already be fitted (:func:`fit_config`) and the compute built with its
+    ``channel_block`` and ``pixel_tile`` (and ``base_by_column`` for ``layout="pixels"``).
     """
+    if cfg.layout == "pixels":
+        _apply_conv_pixels(sch, wl, cfg, blocks, xsum)
+        return
     pop, out, pad = conv_blocks(sch, *blocks)
     loops = sch.get_loops(pop)
     n, o, oh, ow = loops[:4]
@@ -112,8 +149,10 @@ def apply_conv_schedule(sch, wl: LowbitConvWorkload, cfg: LowbitConfig, blocks=(
     if wl.epilogue.kind != "packed":
         # NCHW epilogue: pixels outer, channels inner and vectorized (strided stores, contiguous
         # accumulator/epilogue-vector loads)
-        eo, eow = sch.get_loops(out)[-2:]
-        sch.reorder(eow, eo)
+        inner = sch.get_loops(out)[4:]             # under (n, oh, owo, oo): (o, ow), or (o) when
+        eo = inner[0]                              # the pixel tile is 1 wide
+        if len(inner) == 2:
+            sch.reorder(inner[1], eo)
         if cfg.lanes > 1:
             _, eol = sch.split(eo, [None, cfg.lanes])
             sch.vectorize(eol)
@@ -127,8 +166,14 @@ def apply_conv_schedule(sch, wl: LowbitConvWorkload, cfg: LowbitConfig, blocks=(
         sch.unroll(words)
     for plane_loop in red[3:]:
         sch.unroll(plane_loop)
+    _finish_conv(sch, cfg, n, oh, pop, pad, red, xsum)
+
+
+def _finish_conv(sch, cfg: LowbitConfig, n, oh, pop, pad, red, xsum: Optional[str]) -> None:
+    """Both layouts: tap unrolling, threads over output rows, root stages, accumulator init."""
     if cfg.unroll_taps:
         sch.unroll(red[1])
+        sch.unroll(red[0])
     outer = sch.fuse(n, oh)
     if cfg.parallel == "outer":
         sch.parallel(outer)
@@ -145,15 +190,43 @@ def apply_conv_schedule(sch, wl: LowbitConvWorkload, cfg: LowbitConfig, blocks=(
         sch.unroll(sch.get_loops(init)[-1])
 
 
+def _apply_conv_pixels(sch, wl: LowbitConvWorkload, cfg: LowbitConfig, blocks, xsum: Optional[str]) -> None:
+    """``layout="pixels"``: tile = ``o_vectors`` channels x ``spatial_tile`` vectors of ``lanes`` pixels."""
+    pop, out, pad = conv_blocks(sch, *blocks)
+    loops = sch.get_loops(pop)
+    n, o, oh, ow = loops[:4]
+    red = loops[4:]
+    oo, ot = sch.split(o, [None, cfg.o_vectors])
+    owo, owt, owl = sch.split(ow, [None, cfg.spatial_tile, cfg.lanes])
+    sch.reorder(n, oh, owo, oo, *red, ot, owt, owl)
+    # the accumulators' natural (n, o, oh, ow) order already has whole pixel vectors innermost
+    sch.set_scope(pop, 0, "local")
+    sch.reverse_compute_at(out, owo if wl.epilogue.kind == "packed" else oo)
+    if wl.epilogue.kind != "packed" and cfg.lanes > 1:
+        # NCHW epilogue along ow: whole vectors, contiguous stores
+        _, eol = sch.split(sch.get_loops(out)[-1], [None, cfg.lanes])
+        sch.vectorize(eol)
+    if cfg.lanes > 1:
+        sch.vectorize(owl)
+    sch.unroll(owt)
+    sch.unroll(ot)
+    if cfg.unroll_reduce:
+        sch.unroll(red[2])
+    for plane_loop in red[3:]:
+        sch.unroll(plane_loop)
+    _finish_conv(sch, cfg, n, oh, pop, pad, red, xsum)
+
+
 def schedule_conv(wl: LowbitConvWorkload, cfg: LowbitConfig, weights, epilogue_inputs, impl: str
                   ) -> LowbitKernel:
     """Build the scheduled PrimFunc of a low-bit conv (see the module docstring for the loop nest)."""
     from tvm import te, s_tir
 
     cfg = fit_config(cfg, wl)
-    ov = cfg.lanes * cfg.o_vectors  # weight blocking = whole register tile of channels
-    st = lowbit_conv_compute(wl, ov, cfg.spatial_tile)
-    consts = prepare_conv_constants(wl, ov, weights, epilogue_inputs)
+    ov = cfg.channel_block  # weight blocking = whole register tile of channels
+    by_column = cfg.layout == "pixels"
+    st = lowbit_conv_compute(wl, ov, cfg.pixel_tile, by_column)
+    consts = prepare_conv_constants(wl, ov, weights, epilogue_inputs, by_column)
     sch = s_tir.Schedule(te.create_prim_func(st.params))
     apply_conv_schedule(sch, wl, cfg, xsum="xsum" if "xsum" in st.extra else None)
     return LowbitKernel(impl=impl, func=sch.mod["main"],
@@ -199,6 +272,7 @@ def schedule_dense(wl: LowbitDenseWorkload, cfg: LowbitConfig, weights, epilogue
     """Build the scheduled PrimFunc of a low-bit dense layer."""
     from tvm import te, s_tir
 
+    cfg = fit_config(cfg, wl)
     ov = cfg.lanes * cfg.o_vectors
     st = lowbit_dense_compute(wl, ov, cfg.spatial_tile)
     consts = prepare_dense_constants(wl, ov, weights, epilogue_inputs)

@@ -124,7 +124,7 @@ def test_binary_conv2d_groups_exact():
 
 
 @pytest.mark.parametrize("cfg", [LowbitConfig(8, 1, 7), LowbitConfig(4, 3, 5, unroll_taps=True),
-                                 LowbitConfig(1, 4, 2, parallel="none")], ids=str)
+                                 LowbitConfig(1, 4, 2, parallel="none"), LowbitConfig(8, 2, 1)], ids=str)
 def test_binary_conv2d_configs_exact(cfg):
     """Tile sizes that do not divide the shapes must not change the result."""
     target = host_x86_target()
@@ -154,3 +154,62 @@ def test_binary_dense_exact(m, k, n, wb, epi):
     got = run_kernel(x86_binary.build_dense(wl, target, weights=wt, epilogue_inputs=extra), target, x)
     assert got.dtype == ref.dtype and got.shape == ref.shape
     np.testing.assert_array_equal(got, ref)
+
+
+PIXELS = LowbitConfig(lanes=8, o_vectors=3, spatial_tile=2, unroll_taps=True, layout="pixels")
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "x".join(map(str, c[:6])) + f"_s{c[6]}_pv{c[9]}_w{c[10]}")
+def test_binary_conv2d_pixel_layout_exact(case):
+    """layout="pixels" (vectors of output pixels) on every shape, tiles not dividing the sizes."""
+    n, c, h, w, o, k, s, pads, d, pv, wb = case
+    target = host_x86_target()
+    rng = np.random.default_rng(hash(case) & 0xFFFF)
+    x = pack_sign(signs(rng, (n, c, h, w)), wb)
+    wt = pack_weight_sign(signs(rng, (o, c, k, k)), wb)
+    attrs = {"in_channels": c, "groups": 1, "kernel_shape": [k, k], "strides": [s, s], "pads": list(pads),
+             "dilations": [d, d], "pad_value": pv, "out": "int32"}
+    ref = run_single("BinaryConv2d", [x, wt], attrs)[0]
+    wl = conv_workload_from_attrs("BinaryConv2d", x.shape, str(x.dtype), wt.shape, attrs)
+    np.testing.assert_array_equal(run_kernel(x86_binary.build_conv2d(wl, target, PIXELS, weights=wt), target, x), ref)
+
+
+@pytest.mark.parametrize("epi", ["int32", "float", "int8_fixed", "packed"])
+def test_binary_conv2d_pixel_layout_default_epilogues_exact(epi):
+    """C = 64 in 64-bit words, stride 1: the x86 AVX-512 default is the pixel layout."""
+    target = host_x86_target()
+    rng = np.random.default_rng(8)
+    n, c, h, w, o, k = 2, 64, 6, 19, 70, 3
+    x = pack_sign(signs(rng, (n, c, h, w)), 64)
+    wt = pack_weight_sign(signs(rng, (o, c, k, k)), 64)
+    ep_attrs, extra = epilogue_case(epi, o, rng, c * k * k)
+    attrs = {"in_channels": c, "groups": 1, "kernel_shape": [k, k], "strides": [1, 1], "pads": [1, 2, 0, 1],
+             "dilations": [1, 1], "pad_value": 0, **ep_attrs}
+    ref = run_single("BinaryConv2d", [x, wt] + extra, attrs)[0]
+    wl = conv_workload_from_attrs("BinaryConv2d", x.shape, str(x.dtype), wt.shape, attrs)
+    kern = x86_binary.build_conv2d(wl, target, weights=wt, epilogue_inputs=extra)
+    if target.has("avx512"):
+        assert kern.config["layout"] == "pixels"
+    np.testing.assert_array_equal(run_kernel(kern, target, x), ref)
+
+
+def test_binary_conv2d_pixel_layout_groups_exact():
+    target = host_x86_target()
+    rng = np.random.default_rng(4)
+    n, c, h, w, o, k, g = 1, 128, 5, 9, 30, 3, 2
+    x = pack_sign(signs(rng, (n, c, h, w)), 64)
+    wt = pack_weight_sign(signs(rng, (o, c // g, k, k)), 64)
+    attrs = {"in_channels": c, "groups": g, "kernel_shape": [k, k], "strides": [1, 1], "pads": [1, 1, 1, 1],
+             "dilations": [1, 1], "pad_value": 1, "out": "int32"}
+    ref = run_single("BinaryConv2d", [x, wt], attrs)[0]
+    wl = conv_workload_from_attrs("BinaryConv2d", x.shape, str(x.dtype), wt.shape, attrs)
+    cfg = PIXELS.replace(o_vectors=4)        # fitted to 3 (divides the 15 channels per group)
+    np.testing.assert_array_equal(run_kernel(x86_binary.build_conv2d(wl, target, cfg, weights=wt), target, x), ref)
+
+
+def test_dense_rejects_the_pixel_layout():
+    from qcompiler.errors import ConfigError
+
+    wl = dense_workload_from_attrs("BinaryDense", (2, 2), "uint64", (8, 2), {"in_features": 100})
+    with pytest.raises(ConfigError, match="layout"):
+        x86_binary.build_dense(wl, get_target("x86-avx2"), PIXELS, weights=np.zeros((8, 2), np.uint64))

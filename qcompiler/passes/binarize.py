@@ -66,7 +66,7 @@ def binarize(graph: Graph, *, word_bits: int = 32, keep_first_last: bool = True,
     word_dtype(word_bits)
     g = graph.copy()
     _collapse_ste(g)
-    kept = set(skip) | (_first_last(g) if keep_first_last else set())
+    kept = set(skip) | (first_last_layers(g) if keep_first_last else set())
     unknown = set(skip) - {n.name for n in g.nodes}
     if unknown:
         raise ConfigError(f"binarize: skip names no node: {sorted(unknown)}")
@@ -90,7 +90,8 @@ def binarize(graph: Graph, *, word_bits: int = 32, keep_first_last: bool = True,
     return g
 
 
-def _first_last(g: Graph) -> set:
+def first_last_layers(g: Graph) -> set:
+    """Names of the first and last weight layers (constant weights), the ones ``keep_first_last`` keeps."""
     layers = [n.name for n in g.nodes if n.op in WEIGHT_OPS and g.const(n.input(1)) is not None]
     return {layers[0], layers[-1]} if layers else set()
 

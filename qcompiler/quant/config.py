@@ -20,6 +20,8 @@ Bits = Union[int, str]
 CALIBRATION_METHODS = ("minmax", "percentile", "mse", "kl")
 MODES = ("static", "dynamic", "float16")
 FLOAT_ACTIVATION_BITS = (16, 32)
+#: ``keep_first_last`` value that keeps the first and last weight layers float
+FLOAT_LAYER_BITS = 32
 #: fields an override may set for the nodes its pattern matches
 LAYER_FIELDS = ("weights", "activations", "per_channel", "symmetric_weights")
 
@@ -77,7 +79,8 @@ class QuantConfig:
     * ``equalize``: cross-layer equalization before quantizing; ``bias_correction``: correct the
       bias for the weights' quantization error.
     * ``keep_first_last``: bits for the first and last weight layers (XNOR-Net keeps them at
-      higher precision), or None to treat them like the others.
+      higher precision), ``FLOAT_LAYER_BITS`` (32) to keep them float, or None to treat them like
+      the others. W1A1 (binary) graphs: 8 makes them int8 (calibration data needed), 32 float.
     * ``overrides``: ``{fnmatch pattern on node names: {field: value}}`` with fields from
       ``LAYER_FIELDS``; later patterns win. A pattern that names no node is an error at quantize time.
     * ``mode``: ``"static"`` (calibrated full-integer), ``"dynamic"`` (weights only; activations
@@ -109,8 +112,8 @@ class QuantConfig:
             raise ConfigError(f"percentile must be a number in (50, 100], got {self.percentile!r}")
         if isinstance(self.num_bins, bool) or not isinstance(self.num_bins, int) or not 128 <= self.num_bins <= 65536:
             raise ConfigError(f"num_bins must be an int in 128..65536, got {self.num_bins!r}")
-        if self.keep_first_last is not None:
-            check_weight_bits(self.keep_first_last, "keep_first_last")
+        if self.keep_first_last is not None and self.keep_first_last != FLOAT_LAYER_BITS:
+            check_weight_bits(self.keep_first_last, "keep_first_last (or 32: float)")
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {list(MODES)}, got {self.mode!r}")
         if not isinstance(self.overrides, Mapping):

@@ -38,8 +38,9 @@ def _is_aarch64(target) -> bool:
     return target.arch.startswith("aarch64")
 
 
-def default_config(target, word_bits: int) -> LowbitConfig:
-    """Default knobs for ``target`` (see the module docstring for where they come from)."""
+def default_config(target, word_bits: int, wl=None) -> LowbitConfig:
+    """Default knobs for ``target`` (see the module docstring for where they come from); the same
+    for every workload ``wl`` (nothing timed here to choose per shape)."""
     if not target.has("neon"):
         return LowbitConfig(lanes=1, o_vectors=4, spatial_tile=2)
     tiles = AARCH64_TILES if _is_aarch64(target) else ARMV7_TILES
@@ -53,13 +54,13 @@ def _variant(target) -> str:
 
 def build_conv2d(wl: LowbitConvWorkload, target, config=None, *, weights, epilogue_inputs=()) -> LowbitKernel:
     """Binary or bitserial conv2d (packed NHWC) for ARM; ``config`` overrides the default knobs."""
-    cfg = config or default_config(target, wl.word_bits)
+    cfg = config or default_config(target, wl.word_bits, wl)
     kind = "bconv2d" if wl.binary else "bsconv2d"
     return schedule_conv(wl, cfg, weights, epilogue_inputs, f"{kind}_nhwc__arm_{_variant(target)}")
 
 
 def build_dense(wl: LowbitDenseWorkload, target, config=None, *, weights, epilogue_inputs=()) -> LowbitKernel:
     """Binary or bitserial dense for ARM."""
-    cfg = config or default_config(target, wl.word_bits)
+    cfg = config or default_config(target, wl.word_bits, wl)
     kind = "bdense" if wl.binary else "bsdense"
     return schedule_dense(wl, cfg, weights, epilogue_inputs, f"{kind}__arm_{_variant(target)}")

@@ -44,8 +44,9 @@ def _acc_bits(word_bits: int) -> int:
     return max(word_bits, 32)
 
 
-def default_config(target, word_bits: int) -> LowbitConfig:
-    """Default knobs for ``target`` (see the module docstring for where they come from)."""
+def default_config(target, word_bits: int, wl=None) -> LowbitConfig:
+    """Default knobs for ``target`` (see the module docstring for where they come from); the same
+    for every workload ``wl`` (nothing timed here to choose per shape)."""
     if target.has("rvv"):
         vbits = max(target.vector_bits, 128)
         lanes = min(64, RVV_LMUL * vbits // _acc_bits(word_bits))
@@ -61,13 +62,13 @@ def _variant(target) -> str:
 
 def build_conv2d(wl: LowbitConvWorkload, target, config=None, *, weights, epilogue_inputs=()) -> LowbitKernel:
     """Binary or bitserial conv2d (packed NHWC) for RISC-V; ``config`` overrides the default knobs."""
-    cfg = config or default_config(target, wl.word_bits)
+    cfg = config or default_config(target, wl.word_bits, wl)
     kind = "bconv2d" if wl.binary else "bsconv2d"
     return schedule_conv(wl, cfg, weights, epilogue_inputs, f"{kind}_nhwc__riscv_{_variant(target)}")
 
 
 def build_dense(wl: LowbitDenseWorkload, target, config=None, *, weights, epilogue_inputs=()) -> LowbitKernel:
     """Binary or bitserial dense for RISC-V."""
-    cfg = config or default_config(target, wl.word_bits)
+    cfg = config or default_config(target, wl.word_bits, wl)
     kind = "bdense" if wl.binary else "bsdense"
     return schedule_dense(wl, cfg, weights, epilogue_inputs, f"{kind}__riscv_{_variant(target)}")

@@ -1,0 +1,140 @@
+"""int8 layers in an otherwise float (or binary) graph: named Conv / Gemm / MatMul layers become
+``QuantizeLinear -> QConv2d / QDense`` with a float epilogue (the layer's output stays float32).
+
+For the first and last layers of a binary net (Bi-Real, XNOR-Net: "first conv and last dense in
+int8"): their inputs and outputs are float (the image; the residual stream; the logits), so the
+int8 layer reads a quantized copy of its float input and writes float again:
+
+* activations: per-tensor, asymmetric 8-bit from the calibrated range of the layer's input
+  (``qparams.activation_qparams``: uint8 when the range is non-negative, else int8);
+* weights: symmetric int8 (restricted range, zero point 0), per output channel when
+  ``per_channel``, min-max scales;
+* epilogue ``out="float"``: ``y = float32(acc) * (s_x * s_w[o]) + b[o]`` with the layer's float bias
+  ``b`` (not rounded to int32: the float epilogue adds it exactly as the float layer did).
+
+The result differs from the float layer only by the rounding of the input and weights to 8 bits.
+Layers that are not plain weight layers (non-constant weights, 1-D/3-D convs, ...) raise.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Mapping, Sequence, Tuple
+
+import numpy as np
+
+from ..errors import ConfigError, UnsupportedError
+from ..ir import Graph, Node
+from ..quant.qparams import activation_qparams, weight_qparams
+from .graph_edit import add_const, add_value, drop_unused_values, weight_layout
+
+log = logging.getLogger(__name__)
+
+Range = Tuple[np.ndarray, np.ndarray]
+INT32_LIMIT = (1 << 31) - 1
+
+
+def int8_layers(graph: Graph, layers: Sequence[str], ranges: Mapping[str, Range], *,
+                per_channel: bool = True) -> Graph:
+    """Rewrite the weight layers named ``layers`` as int8 (see the module docstring); ``ranges``
+    holds the calibrated ``(lo, hi)`` of each layer's input (``quant.calibrate``)."""
+    g = graph.copy()
+    by_name = {n.name: n for n in g.nodes}
+    unknown = [n for n in layers if n not in by_name]
+    if unknown:
+        raise ConfigError(f"int8_layers: no node named {unknown}")
+    for name in layers:
+        _rewrite(g, by_name[name], ranges, per_channel)
+    drop_unused_values(g)
+    g.toposort().verify()
+    return g
+
+
+def int8_layers_calibrated(graph: Graph, layers: Sequence[str], batches, *, per_channel: bool = True) -> Graph:
+    """:func:`int8_layers` with the input ranges observed (min-max) by running ``graph`` on the
+    calibration ``batches``. Named layers this pass cannot quantize stay float; each is logged and
+    recorded in ``graph.meta["fallbacks"]``."""
+    from ..quant.calibrate import calibrate
+    from ..quant.config import QuantConfig
+
+    nodes = {n.name: n for n in graph.nodes}
+    ok, fallbacks = [], []
+    for name in layers:
+        node = nodes.get(name)
+        reason = _unsupported(graph, node) if node is not None else "no such node"
+        if reason:
+            fallbacks.append({"pass": "int8_layers", "node": name, "reason": f"kept float: {reason}"})
+            log.warning("int8_layers: %s kept float: %s", name, reason)
+        else:
+            ok.append(name)
+    out = graph
+    if ok:
+        values = sorted({nodes[n].inputs[0] for n in ok})
+        observers = calibrate(graph, batches, QuantConfig(calibration="minmax"), values=values)
+        out = int8_layers(graph, ok, {v: obs.range() for v, obs in observers.items()}, per_channel=per_channel)
+    if fallbacks:
+        out = out if out is not graph else graph.copy()
+        out.meta.setdefault("fallbacks", []).extend(fallbacks)
+    return out
+
+
+def _unsupported(g: Graph, node: Node) -> str:
+    """Why ``node`` cannot become an int8 layer ("" if it can)."""
+    if node.op not in ("Conv", "Gemm", "MatMul") or weight_layout(g, node) is None:
+        return f"{node.op} is not a weight layer with constant weights"
+    x = g.values[node.inputs[0]]
+    if x.dtype != "float32" or len(node.outputs) != 1:
+        return f"input is {x.dtype}, not float32"
+    if len(x.shape) != (4 if node.op == "Conv" else 2):
+        return f"input shape {list(x.shape)} (2-D convs and 2-D dense inputs only)"
+    return ""
+
+
+def _rewrite(g: Graph, node: Node, ranges: Mapping[str, Range], per_channel: bool) -> None:
+    lay = weight_layout(g, node)
+    x = node.inputs[0]
+    xv = g.values[x]
+    if lay is None or len(node.outputs) != 1 or xv.dtype != "float32":
+        raise UnsupportedError(f"int8_layers: node {node.name!r} ({node.op}) is not a weight layer with "
+                               f"constant weights and a float32 input")
+    if lay["kind"] == "conv" and len(xv.shape) != 4:
+        raise UnsupportedError(f"int8_layers: node {node.name!r}: only 2-D convolutions (4-D input), "
+                               f"got input shape {list(xv.shape)}")
+    if x not in ranges:
+        raise ConfigError(f"int8_layers: no calibrated range for {x!r}, the input of {node.name!r}")
+    lo, hi = ranges[x]
+    xqp = activation_qparams(lo, hi, 8)
+    w = lay["w"].astype(np.float32)
+    o = w.shape[0]
+    wqp = weight_qparams(w, 8, per_channel, True, axis=0, method="minmax")
+    wq = wqp.quantize(w).astype(np.int8)
+    w_scale = np.broadcast_to(np.asarray(wqp.scale, np.float32), (o,))
+    # |acc| <= 255 * sum |w| per output channel (|x - zp| <= 255)
+    worst = 255 * np.abs(wq.astype(np.int64)).reshape(o, -1).sum(axis=1)
+    if worst.max() > INT32_LIMIT:
+        raise UnsupportedError(f"int8_layers: node {node.name!r}: the int32 accumulator could overflow")
+    scale = (np.float32(xqp.scale) * w_scale).astype(np.float32)
+    bias = np.zeros(o, np.float32) if lay["bias"] is None else lay["bias"].astype(np.float32)
+
+    base = node.name
+    xq = add_value(g, f"{x}_q8", xv.shape, xqp.dtype)
+    quant = Node("QuantizeLinear", g.unique_name(f"{base}_quant"),
+                 [x, add_const(g, f"{base}_x_scale", np.array(xqp.scale, np.float32)),
+                  add_const(g, f"{base}_x_zp", np.array(xqp.zero_point, xqp.dtype))],
+                 [xq], dict(axis=1, block_size=0, output_dtype=xqp.dtype))
+    ins = [xq, add_const(g, f"{base}_wq", wq), "", add_const(g, f"{base}_scale", scale),
+           add_const(g, f"{base}_bias", bias)]
+    attrs = dict(x_zero_point=int(xqp.zero_point), w_zero_point=0, out="float")
+    if lay["kind"] == "conv":
+        attrs.update(strides=tuple(node.attrs["strides"]), pads=tuple(node.attrs["pads"]),
+                     dilations=tuple(node.attrs["dilations"]), groups=int(node.attrs.get("group", 1)))
+        new = Node("QConv2d", node.name, ins, list(node.outputs), attrs)
+    else:
+        if len(xv.shape) != 2:
+            raise UnsupportedError(f"int8_layers: dense node {node.name!r} needs a 2-D input, got "
+                                   f"{list(xv.shape)}")
+        new = Node("QDense", node.name, ins, list(node.outputs), attrs)
+    i = g.nodes.index(node)
+    g.nodes[i:i + 1] = [quant, new]
+    log.info("int8_layers: %s -> %s (input %s, scale %.3g, zero point %d)", node.name, new.op, xqp.dtype,
+             float(xqp.scale), int(xqp.zero_point))
