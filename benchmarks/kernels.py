@@ -204,14 +204,15 @@ def _build_peer(tensors, target):
     return tvm.compile(_schedule_peer(tensors), target=target.tvm_target())
 
 
-def ort_conv(c, h, w, o, int8):
+def ort_conv(c, h, w, o, int8, group=1, stride=1):
     from onnx import TensorProto, helper
     rng = np.random.default_rng(0)
     if int8:
         nodes = [helper.make_node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["y"],
-                                  pads=[1, 1, 1, 1])]
+                                  pads=[1, 1, 1, 1], group=group, strides=[stride, stride])]
+        cg = c // group
         inits = [helper.make_tensor("xs", TensorProto.FLOAT, [], [0.1]), helper.make_tensor("xz", TensorProto.UINT8, [], [128]),
-                 helper.make_tensor("w", TensorProto.INT8, [o, c, 3, 3], rng.integers(-127, 128, o * c * 9).tolist()),
+                 helper.make_tensor("w", TensorProto.INT8, [o, cg, 3, 3], rng.integers(-127, 128, o * cg * 9).tolist()),
                  helper.make_tensor("ws", TensorProto.FLOAT, [], [0.01]), helper.make_tensor("wz", TensorProto.INT8, [], [0]),
                  helper.make_tensor("ys", TensorProto.FLOAT, [], [0.5]), helper.make_tensor("yz", TensorProto.UINT8, [], [128])]
         xt, yt, x = TensorProto.UINT8, TensorProto.UINT8, rng.integers(0, 256, (1, c, h, w)).astype(np.uint8)
@@ -250,7 +251,7 @@ def _ort_ms(model, x):
     return median_ms(lambda: sess.run(None, {"x": x}))
 
 
-def _int8_graph(op, c, h, w, o, m=1):
+def _int8_graph(op, c, h, w, o, m=1, groups=1, stride=1):
     """A one-node QConv2d (3x3, pad 1) or QDense graph with random data, and its feeds."""
     from qcompiler.ir import Graph, Node, Value
     from qcompiler.ref import infer_outputs
@@ -258,10 +259,10 @@ def _int8_graph(op, c, h, w, o, m=1):
     g = Graph(op.lower())
     if op == "QConv2d":
         x = rng.integers(0, 256, (1, c, h, w)).astype(np.uint8)
-        consts = [("w", rng.integers(-127, 128, (o, c, 3, 3)).astype(np.int8)),
+        consts = [("w", rng.integers(-127, 128, (o, c // groups, 3, 3)).astype(np.int8)),
                   ("b", rng.integers(-3000, 3000, o).astype(np.int32)),
                   ("s", np.full(o, 0.1 * 0.01 / 0.5, np.float32))]
-        attrs = dict(strides=(1, 1), pads=(1, 1, 1, 1), dilations=(1, 1), groups=1, x_zero_point=128,
+        attrs = dict(strides=(stride, stride), pads=(1, 1, 1, 1), dilations=(1, 1), groups=groups, x_zero_point=128,
                      w_zero_point=0, out="uint8", out_zero_point=128, out_min=0, out_max=255, requant="float")
     else:
         x = rng.integers(0, 256, (m, c)).astype(np.uint8)
@@ -327,6 +328,13 @@ def measure_int8(target):
         rows.append({"name": f"dense M{m} K{kk}->N{kk}", "macs": m * kk * kk, "ours": ours, "impl": impl,
                      "generic": ours_int8_ms(g, feeds, target, "qdense_nvec")[0],
                      "ort_int8": ort_dense(m, kk, kk, True), "litert_i8": _litert_ms("dense", m, kk, kk)})
+    for c, h, w, st in DEPTHWISE:
+        g, feeds = _int8_graph("QConv2d", c, h, w, c, groups=c, stride=st)
+        ours, impl = ours_int8_ms(g, feeds, target)
+        oh, ow = (h - 1) // st + 1, (w - 1) // st + 1
+        rows.append({"name": f"dw3x3 s{st} {c}x{h}x{w}", "macs": c * 9 * oh * ow, "ours": ours, "impl": impl,
+                     "generic": ours_int8_ms(g, feeds, target, "qdepthwise_conv2d_nchw")[0],
+                     "ort_int8": ort_conv(c, h, w, c, True, group=c, stride=st)})
     return rows
 
 
@@ -343,6 +351,8 @@ def print_int8_table(rows):
 
 
 CONVS = [(256, 14, 14, 256), (64, 56, 56, 64)]
+#: MobileNet-style int8 depthwise 3x3, pad 1: channels, height, width, stride
+DEPTHWISE = [(144, 56, 56, 1), (144, 56, 56, 2)]
 DENSES = [(1, 1024), (1, 4096), (64, 1024), (64, 4096)]
 
 

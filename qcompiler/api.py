@@ -43,8 +43,22 @@ def compile(graph: Union[Graph, str, os.PathLike], target="host", name: Optional
         raise ConfigError(f"weights must be 'embedded' or 'blob', got {weights!r}")
     tgt = resolve(target)
     log.info("compiling %s for %s (%s)", name, tgt.name, tgt.mtriple)
+    _hint_word_bits(graph, tgt)
     lowered = lower_graph(graph, tgt, config=schedule_config, tuning=tuning)
     return build_module(lowered, name=name, weights=weights, target=tgt)
+
+
+def _hint_word_bits(graph: Graph, tgt) -> None:
+    """Packed layouts are fixed at quantize time: say so when they are narrower than the target's."""
+    from .passes.bitpack import choose_word_bits
+
+    want = choose_word_bits(tgt)
+    narrow = sorted({graph.value(n.inputs[0]).dtype for n in graph.nodes
+                     if n.op in ("BinaryConv2d", "BinaryDense", "BitserialConv2d", "BitserialDense")
+                     and int(graph.value(n.inputs[0]).dtype[4:]) < want})
+    if narrow:
+        log.warning("the graph's low-bit layers read %s words; %s runs %d-bit words faster (~8 %% on x86 "
+                    "AVX-512): quantize with qc.quantize(..., target=%r)", "/".join(narrow), tgt.name, want, tgt.name)
 
 
 def load(path: Union[str, os.PathLike], num_threads: Optional[int] = None):

@@ -362,6 +362,36 @@ def _to_signed_bytes(v, s: DotShape, lanes: int):
     return tirx.reinterpret(f"int8x{lanes}", v ^ tirx.Broadcast(tirx.const(128, "uint8"), lanes))
 
 
+def _vectorizable(expr):
+    """``expr`` with each ``nearbyint`` as the LLVM intrinsic it lowers to anyway (same rounding):
+    TVM's vectorizer keeps a loop holding a ``tirx.nearbyint`` call scalar, and LLVM then vectorized
+    the float epilogue 8 lanes wide, storing the bytes through extracted 64-bit addresses. Rebuilds
+    casts, binary ops, selects and calls; any other node is kept as it is."""
+    from tvm import tirx
+    from tvm.ir import Call, Op
+    from tvm.tirx import expr as E
+
+    nearbyint = Op.get("tirx.nearbyint")
+
+    def walk(e):
+        if isinstance(e, Call):
+            args = [walk(a) for a in e.args]
+            if e.op.same_as(nearbyint):
+                return tirx.call_llvm_pure_intrin(str(e.ty.dtype), "llvm.nearbyint", *args)
+            if all(x.same_as(y) for x, y in zip(args, e.args)):
+                return e
+            return Call(e.op, args, attrs=e.attrs, ret_ty=e.ty)
+        if isinstance(e, E.Cast):
+            return E.Cast(str(e.ty.dtype), walk(e.value))
+        if isinstance(e, E.Select):
+            return E.Select(walk(e.condition), walk(e.true_value), walk(e.false_value))
+        if isinstance(e, (E.BinaryOpExpr, E.CmpExpr)):
+            return type(e)(walk(e.a), walk(e.b))
+        return e
+
+    return walk(expr)
+
+
 # -- the stages ------------------------------------------------------------------------------------
 
 def _pack_conv(s: DotShape, isa: DotIsa, b: Blocking, fc: FastConfig):
@@ -489,11 +519,17 @@ def _pack_dense(s: DotShape, isa: DotIsa, b: Blocking, fc: FastConfig):
     return fcompute
 
 
+#: parallel jobs the dot stage aims at, each a contiguous range of one block's pixel tiles: TVM
+#: makes the per-job register-tile buffers heap workspaces (malloc / free per job), which cost
+#: ~4 % of conv3x3 64x56x56->64 at one tile per job (x86, 524 jobs); 32 jobs still spread well
+JOBS = 32
+
+
 def _dot_kernel(wl: Workload, plan_: Plan, s: DotShape, isa: DotIsa, b: Blocking, fc: FastConfig,
                 extra: List[str], ep_positions: List[int]):
     """fcompute of the ``dot`` stage: register-tiled accumulation, epilogue, stores. ``extra``
     names the per-channel int32 vectors after the weights ("corr", "bias"). Jobs run block-major
-    (all pixel tiles of one output-channel block in a row), so a block's weights stay in cache."""
+    (each a range of pixel tiles of one output-channel block), so a block's weights stay in cache."""
     from tvm import tirx
     from tvm.script import tirx as T
     from tvm.script.ir_builder import IRBuilder
@@ -508,65 +544,121 @@ def _dot_kernel(wl: Workload, plan_: Plan, s: DotShape, isa: DotIsa, b: Blocking
     n_ob = s.groups * b.ob_g
     acc_t = f"int32x{L}"
     full_vectors = s.og % L == 0
+    od = wl.outputs[0].dtype
+    byte_out = full_vectors and od in ("int8", "uint8")
+    # jobs per output-channel block (JOBS)
+    per_ob = min(tiles, max(1, ceil_div(JOBS, n_ob)))
+    span = ceil_div(tiles, per_ob)
 
     def fcompute(ins, outs):
         adds = ins[2: 2 + len(extra)]
         first_ep = 2 + len(extra)
         epi = _scalar_epilogue(wl, plan_, {pos: ins[k] for k, pos in enumerate(ep_positions, start=first_ep)})
         loop = T.parallel if fc.parallel else T.serial
-        with IRBuilder() as ib, loop(0, n_ob * tiles) as job:
+        with IRBuilder() as ib, loop(0, n_ob * per_ob) as job:
             xw = _flat(ins[0])
             wt = _flat(ins[1])
             out = _flat(outs[0])
-            ob = T.bind(job // tiles)
-            p0 = T.bind(job % tiles * TP)
+            ob = T.bind(job // per_ob)
             gi = T.bind(ob // b.ob_g)
             local0 = T.bind(ob % b.ob_g * b.block)          # first channel of the block in its group
-            bases, pix = [], []
-            for t in range(TP):
-                p = T.bind(tirx.min(p0 + t, s.pixels - 1))
-                nn = T.bind(p // ohw)
-                q = T.bind(p % ohw)
-                y, xx = q // s.ow, q % s.ow
-                bases.append(T.bind((((nn * planes + gi * b.cw) * rows + y * s.sh) * cols + xx * s.sw) * g))
-                pix.append((nn, q))
-            # declared here, inside the job loop (T.alloc_buffer would hoist it to the block, shared
-            # by all the threads of the parallel loop)
+            # declared here, inside the job loop (T.alloc_buffer would hoist them to the block, shared
+            # by all the threads of the parallel loop); TVM makes them heap workspaces, so a job
+            # runs several tiles
             acc = T.decl_buffer((TP * V * L,), "int32", scope="local")
-            for i in range(TP * V):
-                T.buffer_store(acc, tirx.Broadcast(tirx.const(0, "int32"), L), [tirx.Ramp(i * L, 1, L)])
-            with T.serial(0, b.cw) as cb:
-                with T.serial(0, s.kh) as ky:
-                    with T.serial(0, s.kw) as kx:
-                        xoff = T.bind(((cb * rows + ky * s.dh) * cols + kx * s.dw) * g)
-                        woff = T.bind((((ob * b.cw + cb) * s.kh + ky) * s.kw + kx) * V * L * g)
-                        wv = [wt.vload([woff + v * L * g], isa.operand(isa.w_dtype)) for v in range(V)]
-                        for t in range(TP):
-                            a = _bcast32(xw, bases[t] + xoff, isa, isa.x_dtype)
-                            for v in range(V):
-                                i = (t * V + v) * L
-                                cur = acc.vload([i], acc_t)
-                                T.buffer_store(acc, _dot(isa, cur, a, wv[v]), [tirx.Ramp(i, 1, L)])
-            # epilogue and stores
-            for t in range(TP):
-                nn, q = pix[t]
-                with T.If(p0 + t < s.pixels):
+            if byte_out:
+                stage = T.decl_buffer((TP * V * L,), od, scope="local")
+            with T.serial(0, span) as ti:
+                tile = T.bind(job % per_ob * span + ti)
+                with T.If(tile < tiles):
                     with T.Then():
-                        for v in range(V):
-                            local = local0 + v * L
-                            obase = (nn * s.o + gi * s.og + local) * ohw + q
-                            lane_loop = T.vectorized if full_vectors else T.serial
-                            with lane_loop(0, L) as lane:
-                                opad = ob * b.block + v * L + lane
-                                total = acc[(t * V + v) * L + lane]
-                                for vecbuf in adds:
-                                    total = total + vecbuf[opad]
-                                # whole vectors past the group's channels are skipped; partial
-                                # vectors (og % lanes != 0) test each lane in a serial loop
-                                valid = local < s.og if full_vectors else local + lane < s.og
-                                with T.If(valid):
+                        p0 = T.bind(tile * TP)
+                        bases, pix = [], []
+                        for t in range(TP):
+                            p = T.bind(tirx.min(p0 + t, s.pixels - 1))
+                            nn = T.bind(p // ohw)
+                            q = T.bind(p % ohw)
+                            y, xx = q // s.ow, q % s.ow
+                            bases.append(T.bind((((nn * planes + gi * b.cw) * rows + y * s.sh) * cols + xx * s.sw) * g))
+                            pix.append((nn, q))
+                        for i in range(TP * V):
+                            T.buffer_store(acc, tirx.Broadcast(tirx.const(0, "int32"), L), [tirx.Ramp(i * L, 1, L)])
+                        with T.serial(0, b.cw) as cb:
+                            with T.serial(0, s.kh) as ky:
+                                with T.serial(0, s.kw) as kx:
+                                    xoff = T.bind(((cb * rows + ky * s.dh) * cols + kx * s.dw) * g)
+                                    woff = T.bind((((ob * b.cw + cb) * s.kh + ky) * s.kw + kx) * V * L * g)
+                                    wv = [wt.vload([woff + v * L * g], isa.operand(isa.w_dtype)) for v in range(V)]
+                                    for t in range(TP):
+                                        a = _bcast32(xw, bases[t] + xoff, isa, isa.x_dtype)
+                                        for v in range(V):
+                                            i = (t * V + v) * L
+                                            cur = acc.vload([i], acc_t)
+                                            T.buffer_store(acc, _dot(isa, cur, a, wv[v]), [tirx.Ramp(i, 1, L)])
+                        # epilogue and stores
+                        def value(t, v, lane):
+                            opad = ob * b.block + v * L + lane
+                            total = acc[(t * V + v) * L + lane]
+                            for vecbuf in adds:
+                                total = total + vecbuf[opad]
+                            return _vectorizable(epi(total, opad))
+
+                        def store_pixel(t, src):
+                            """Pixel ``t``'s channels, ``src(t, v, lane)``, stored ``ohw`` apart."""
+                            nn, q = pix[t]
+                            with T.If(p0 + t < s.pixels):
+                                with T.Then():
+                                    for v in range(V):
+                                        local = local0 + v * L
+                                        obase = (nn * s.o + gi * s.og + local) * ohw + q
+                                        lane_loop = T.vectorized if full_vectors else T.serial
+                                        with lane_loop(0, L) as lane:
+                                            # whole vectors past the group's channels are skipped; partial
+                                            # vectors (og % lanes != 0) test each lane in a serial loop
+                                            valid = local < s.og if full_vectors else local + lane < s.og
+                                            with T.If(valid):
+                                                with T.Then():
+                                                    T.buffer_store(out, src(t, v, lane), [obase + lane * ohw])
+
+                        if not byte_out:
+                            for t in range(TP):
+                                store_pixel(t, value)
+                        else:
+                            # byte outputs: requantized vectors staged, then transposed in registers in groups
+                            # of 4 (2) pixels, so that each channel gets one 4 (2) byte store of consecutive
+                            # pixels instead of one byte store per pixel
+                            for t in range(TP):
+                                for v in range(V):
+                                    with T.vectorized(0, L) as lane:
+                                        T.buffer_store(stage, value(t, v, lane), [(t * V + v) * L + lane])
+
+                            def staged(t, v, lane):
+                                return stage[(t * V + v) * L + lane]
+
+                            t0 = 0
+                            while t0 < TP:
+                                n_g = 4 if TP - t0 >= 4 else 2 if TP - t0 >= 2 else 1
+                                if n_g == 1:
+                                    store_pixel(t0, staged)
+                                    break
+                                nn, q = pix[t0]
+                                # the group's pixels exist and are consecutive in one image
+                                with T.If(tirx.all(p0 + t0 + n_g - 1 < s.pixels, q + (n_g - 1) < ohw)):
                                     with T.Then():
-                                        T.buffer_store(out, epi(total, opad), [obase + lane * ohw])
+                                        for v in range(V):
+                                            with T.If(local0 + v * L < s.og):
+                                                with T.Then():
+                                                    vecs = [stage.vload([((t0 + k) * V + v) * L], f"{od}x{L}") for k in range(n_g)]
+                                                    tr = T.bind(tirx.Shuffle(vecs, [tirx.const(k * L + c, "int32")
+                                                                                    for c in range(L) for k in range(n_g)]))
+                                                    for c in range(L):
+                                                        obase = (nn * s.o + gi * s.og + local0 + v * L + c) * ohw + q
+                                                        chunk = tirx.Shuffle([tr], [tirx.const(c * n_g + k, "int32") for k in range(n_g)])
+                                                        T.buffer_store(out, chunk, [tirx.Ramp(obase, 1, n_g)])
+                                    with T.Else():
+                                        for k in range(n_g):
+                                            store_pixel(t0 + k, staged)
+                                t0 += n_g
         return ib.get()
 
     return fcompute

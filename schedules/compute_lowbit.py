@@ -462,12 +462,14 @@ def _prepare_epilogue(ep: Epilogue, o: int, o_pad: int, inputs: Sequence[np.ndar
 
 def plane_shifted(pop_expr, ri, rj, w_mult: int, acc_t: str):
     """``w_mult * popcount(x_i & u_j) << (i + j)``: the plane loops are unrolled by the schedules, so
-    this is a shift by an immediate (``w_mult`` 1 or 2 folds into it). Accumulated modulo the lane
-    width (unsigned lanes): the final int32 is exact."""
+    this is a shift by an immediate (a power-of-two ``w_mult`` folds into it). Accumulated modulo the
+    lane width (unsigned lanes): the final int32 is exact."""
     from tvm import tirx
 
-    v = pop_expr.astype(acc_t) << (ri + rj).astype(acc_t)
-    return v if w_mult == 1 else v * tirx.const(w_mult, acc_t)
+    log2 = {1: 0, 2: 1, 4: 2, 8: 3}.get(int(w_mult))
+    if log2 is not None:
+        return pop_expr.astype(acc_t) << (ri + rj + log2).astype(acc_t)
+    return (pop_expr.astype(acc_t) << (ri + rj).astype(acc_t)) * tirx.const(w_mult, acc_t)
 
 
 def neg_offset(w_offset: int, acc_t: str):
@@ -572,13 +574,16 @@ class ConvStages:
     extra: Dict[str, object] = field(default_factory=dict)
 
 
-def lowbit_conv_compute(wl: LowbitConvWorkload, ov: int, ow_tile: int = 1, base_by_column: bool = False
-                        ) -> ConvStages:
+def lowbit_conv_compute(wl: LowbitConvWorkload, ov: int, ow_tile: int = 1, base_by_column: bool = False,
+                        planes_outer: bool = False) -> ConvStages:
     """TE compute of BinaryConv2d/BitserialConv2d with output channels blocked by ``ov``.
 
     The popcount stage covers ``ow`` rounded up to ``ow_tile`` columns (the extra columns read zero
     padding and are never stored), so register tiles need no bounds checks. ``base_by_column``: the
     binary conv's correction table in the ``[rows, O_pad, OW]`` layout (:func:`conv_base_constant`).
+    Bitserial reduction order: ``(rh, rw, ri, rj, rc)``, or with ``planes_outer`` (for schedules that
+    unroll the taps) ``(ri, rj, rh, rw, rc)``: every plane pair's terms of the whole window are
+    summed before its one shift.
     """
     from tvm import te, tirx
 
@@ -671,7 +676,10 @@ def lowbit_conv_compute(wl: LowbitConvWorkload, ov: int, ow_tile: int = 1, base_
                 plane_shifted(tirx.popcount(xp[n, oh * sh + rh * dh, ow * sw + rw * dw, ri, in_word(o)]
                                             & w[o // ov, rh, rw, rj, rc, o % ov]), ri, rj, wl.w_mult, acc_t)
                 + offset_term(n, o, oh, ow),
-                axis=[rh, rw, rc, ri, rj]),
+                # planes outside the words of a tap (or of the window): the (unrolled) words of one
+                # plane pair share its shift, which LLVM then applies once to their sum (A2W2 conv
+                # 256x14x14: 0.501 -> 0.431 ms on Zen 4 with the w_mult fold of plane_shifted)
+                axis=[ri, rj, rh, rw, rc] if planes_outer else [rh, rw, ri, rj, rc]),
             name="pop")
         names = ["x", "w"]
         tensors = [x, w]

@@ -184,3 +184,5 @@ def get_impl(kind: str, family: str) -> KernelImpl:
 
 # the low-bit kinds register themselves (bottom import: they use ``register`` above)
 from . import lowbit_impls as _lowbit_impls  # noqa: E402,F401
+from . import compute_pool as _compute_pool  # noqa: E402,F401  registers maxpool2d_rows
+from . import compute_bitpack as _compute_bitpack  # noqa: E402,F401  registers bitpack_pixels

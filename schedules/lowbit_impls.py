@@ -63,7 +63,7 @@ def _fitted(lw: LowbitWorkload, cfg: dict) -> LowbitConfig:
 
 def _stages(lw: LowbitWorkload, c: LowbitConfig):
     if isinstance(lw, L.LowbitConvWorkload):
-        return L.lowbit_conv_compute(lw, c.channel_block, c.pixel_tile, c.layout == "pixels")
+        return L.lowbit_conv_compute(lw, c.channel_block, c.pixel_tile, c.layout == "pixels", c.unroll_taps)
     return L.lowbit_dense_compute(lw, c.channel_block, c.pixel_tile)
 
 

@@ -43,6 +43,9 @@ class LowbitConfig:
         (``layout="pixels"``: vectors of ``lanes`` pixels).
     unroll_reduce: fully unroll the innermost reduction loop (packed words of one tap).
     unroll_taps: also unroll the kernel-window loops (pays off when a tap is only a few words).
+    plane_block: bitserial dense only: reduction words per block of the unrolled plane-pair loops
+        (the K loop split as (blocks, planes, words in the block)); a plane pair's shift is then
+        applied once per block of words. 1 = planes inside every word.
     layout: conv only: ``"channels"`` (vectors of output channels, pixels broadcast) or ``"pixels"``
         (vectors of output pixels, weights broadcast; see the module docstring).
     parallel: "outer" = a TVM parallel loop over the outermost tile loop, "none" = serial.
@@ -59,9 +62,10 @@ class LowbitConfig:
     parallel: str = "outer"
     vectorize_init: bool = True
     layout: str = "channels"
+    plane_block: int = 1
 
     def __post_init__(self):
-        for name in ("lanes", "o_vectors", "spatial_tile"):
+        for name in ("lanes", "o_vectors", "spatial_tile", "plane_block"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1 or v > 64:
                 raise ConfigError(f"schedule knob {name} must be an int in 1..64, got {v!r}")
@@ -160,20 +164,32 @@ def apply_conv_schedule(sch, wl: LowbitConvWorkload, cfg: LowbitConfig, blocks=(
         sch.vectorize(ol)
     sch.unroll(ot)
     sch.unroll(owi)
-    # binary: (rh, rw, rc); bitserial: (rh, rw, rc, ri, rj) with the plane loops always unrolled
-    words = red[2]
+    _unroll_words_planes(sch, cfg, red)
+    _finish_conv(sch, cfg, n, oh, pop, pad, red, xsum)
+
+
+def _conv_reduction(cfg: LowbitConfig, red):
+    """(taps, planes, words) loops of the conv reduction: binary (rh, rw, rc); bitserial
+    (rh, rw, ri, rj, rc), or (ri, rj, rh, rw, rc) when the taps are unrolled (``planes_outer``)."""
+    if len(red) == 5 and cfg.unroll_taps:
+        return red[2:4], red[0:2], red[-1]
+    return red[0:2], red[2:-1], red[-1]
+
+
+def _unroll_words_planes(sch, cfg: LowbitConfig, red) -> None:
+    """The words of a tap (``unroll_reduce``) and the bit planes (always) unrolled."""
+    _, planes, words = _conv_reduction(cfg, red)
     if cfg.unroll_reduce:
         sch.unroll(words)
-    for plane_loop in red[3:]:
+    for plane_loop in planes:
         sch.unroll(plane_loop)
-    _finish_conv(sch, cfg, n, oh, pop, pad, red, xsum)
 
 
 def _finish_conv(sch, cfg: LowbitConfig, n, oh, pop, pad, red, xsum: Optional[str]) -> None:
     """Both layouts: tap unrolling, threads over output rows, root stages, accumulator init."""
     if cfg.unroll_taps:
-        sch.unroll(red[1])
-        sch.unroll(red[0])
+        for tap_loop in _conv_reduction(cfg, red)[0]:
+            sch.unroll(tap_loop)
     outer = sch.fuse(n, oh)
     if cfg.parallel == "outer":
         sch.parallel(outer)
@@ -210,10 +226,7 @@ def _apply_conv_pixels(sch, wl: LowbitConvWorkload, cfg: LowbitConfig, blocks, x
         sch.vectorize(owl)
     sch.unroll(owt)
     sch.unroll(ot)
-    if cfg.unroll_reduce:
-        sch.unroll(red[2])
-    for plane_loop in red[3:]:
-        sch.unroll(plane_loop)
+    _unroll_words_planes(sch, cfg, red)
     _finish_conv(sch, cfg, n, oh, pop, pad, red, xsum)
 
 
@@ -225,7 +238,7 @@ def schedule_conv(wl: LowbitConvWorkload, cfg: LowbitConfig, weights, epilogue_i
     cfg = fit_config(cfg, wl)
     ov = cfg.channel_block  # weight blocking = whole register tile of channels
     by_column = cfg.layout == "pixels"
-    st = lowbit_conv_compute(wl, ov, cfg.pixel_tile, by_column)
+    st = lowbit_conv_compute(wl, ov, cfg.pixel_tile, by_column, cfg.unroll_taps)
     consts = prepare_conv_constants(wl, ov, weights, epilogue_inputs, by_column)
     sch = s_tir.Schedule(te.create_prim_func(st.params))
     apply_conv_schedule(sch, wl, cfg, xsum="xsum" if "xsum" in st.extra else None)
@@ -244,7 +257,18 @@ def apply_dense_schedule(sch, wl: LowbitDenseWorkload, cfg: LowbitConfig, blocks
     red = loops[2:]
     mo, mi = sch.split(m, [None, cfg.spatial_tile])
     no, nt, nl = sch.split(n, [None, cfg.o_vectors, cfg.lanes])
-    sch.reorder(mo, no, *red, mi, nt, nl)
+    kw = int(sch.get(red[0]).extent)
+    block = cfg.plane_block
+    while kw % block:                    # plane_block, halved until it divides Kw
+        block //= 2
+    if len(red) > 1 and block > 1:
+        # bitserial (rk, ri, rj) -> (rk blocks, ri, rj, words of the block): see plane_block
+        rko, rki = sch.split(red[0], [None, block])
+        sch.reorder(mo, no, rko, *red[1:], rki, mi, nt, nl)
+        sch.unroll(rki)
+        red = [rko] + list(red[1:])
+    else:
+        sch.reorder(mo, no, *red, mi, nt, nl)
     sch.set_scope(pop, 0, "local")
     packed = wl.epilogue.kind == "packed"
     # a packed output word spans channel tiles: pack once the row tile has all its channels

@@ -101,6 +101,21 @@ def test_qconv2d_dot_knobs(knobs, tmp_path):
     assert rec.config == knobs
 
 
+@pytest.mark.parametrize("tile_p,kind", [(7, "float_uint8"), (6, "fixed_int8"), (4, "fixed_uint8"),
+                                         (5, "float_int8"), (2, "fixed_int8")])
+def test_qconv2d_dot_byte_stores(tile_p, kind, tmp_path):
+    """int8 / uint8 outputs leave the registers transposed, 4 (2) pixels per channel store, when the
+    group's pixels are consecutive in one image; groups that cross an image (batch 2, 5x7 = 35
+    pixels each) or the end fall back to byte stores. Tiles 7 = 4+2+1, 6 = 4+2, 5 = 4+1."""
+    if not get_target("x86-avx512").runs_natively():
+        pytest.skip("the CPU has no AVX-512 VNNI")
+    inputs, eattrs = conv_inputs((2, 12, 9, 13), (32, 12, 3, 3), "uint8", True, kind)
+    knobs = {"isa": "vnni512", "tile_p": tile_p, "vectors": 2, "parallel": True}
+    rec = _check("QConv2d", inputs, {**geometry((2, 2), (1, 1, 1, 1), xz=100), **eattrs}, tmp_path,
+                 "x86-avx512", tuning=knobs)
+    assert rec.config == knobs
+
+
 DENSES = [
     # m, k, n, x dtype, xz, wz, bias, epilogue
     (3, 45, 19, "uint8", 128, 0, True, "fixed_int8"),
@@ -125,13 +140,49 @@ def test_qdense_dot_exact(case, target, tmp_path):
     assert rec.impl == ("qdense_nvec__x86" if m == 1 and target == "x86-avx2" else "qdense_dot__x86")
 
 
-def test_depthwise_keeps_the_generic_kernel():
-    """Depthwise has one input channel per output: 4-channel dot lanes would waste 3/4."""
+def test_depthwise_selection():
+    """Depthwise has one input channel per output: 4-channel dot lanes would waste 3/4, so x86 takes
+    the column-vector depthwise kernel and targets without it keep the generic one."""
     x = np.zeros((1, 8, 5, 5), np.uint8)
     w = np.zeros((8, 1, 3, 3), np.int8)
     g = single_node_graph("QConv2d", [(x, False), (w, True), (None, False)],
                           {**geometry(groups=8), "out": "int32"})
-    assert select(workload_of(g, g.nodes[0]), get_target("x86-avx512")).kind == "qdepthwise_conv2d_nchw"
+    wl = workload_of(g, g.nodes[0])
+    assert select(wl, get_target("x86-avx512")).kind == "qdepthwise_rows"
+    assert select(wl, get_target("x86-avx2")).kind == "qdepthwise_rows"
+    assert select(wl, get_target("rpi5")).kind == "qdepthwise_conv2d_nchw"
+
+
+DEPTHWISE = [
+    # x shape, channel multiplier, geometry, x dtype, bias, epilogue
+    ((1, 16, 20, 21), 1, geometry(pads=(1, 1, 1, 1), xz=128), "uint8", True, "fixed_uint8"),
+    ((2, 5, 9, 40), 2, geometry((2, 2), (1, 0, 0, 1), xz=-5, wz=3), "int8", True, "float_int8"),
+    ((1, 7, 6, 5), 1, geometry((1, 2), (0, 1, 2, 1), xz=30), "uint8", False, "int32"),
+    ((1, 8, 33, 34), 1, geometry((2, 2), (1, 1, 1, 1), xz=0, wz=-2), "int8", True, "fixed_uint8"),
+    ((1, 6, 11, 37), 1, geometry((1, 3), (2, 1, 0, 2), (2, 2), xz=9), "uint8", True, "float"),
+    # rows of >= 32 outputs: 16 lanes on AVX-512
+    ((1, 4, 5, 70), 1, geometry(pads=(1, 1, 1, 1), xz=77), "uint8", True, "float_uint8"),
+    ((2, 3, 4, 67), 1, geometry((2, 2), (1, 1, 1, 1), xz=-1), "int8", True, "fixed_int8"),
+    # rows of 4..7 outputs: 4 lanes
+    ((1, 5, 14, 14), 1, geometry((2, 2), (1, 1, 1, 1), xz=128), "uint8", False, "float_uint8"),
+]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("case", range(len(DEPTHWISE)), ids=[f"dw{i}" for i in range(len(DEPTHWISE))])
+def test_qdepthwise_rows_exact(case, target, tmp_path):
+    """Strides 1-3 (phases; the strided rows' shifted-back loads), dilation 2, channel multiplier 2,
+    rows narrower than the vector, borders on every side, every epilogue."""
+    xs, mult, geo, xdt, bias, kind = DEPTHWISE[case]
+    info = np.iinfo(xdt)
+    x = rng.integers(info.min, info.max + 1, xs).astype(xdt)
+    o = xs[1] * mult
+    w = rng.integers(-128, 128, (o, 1, 3, 3)).astype(np.int8)
+    b = (rng.integers(-3000, 3000, o).astype(np.int32), True) if bias else (None, False)
+    extra, eattrs = epilogue(kind, o)
+    rec = _check("QConv2d", [(x, False), (w, True), b] + extra, {**geo, "groups": xs[1], **eattrs},
+                 tmp_path, target)
+    assert rec.impl == "qdepthwise_rows__x86"
 
 
 def _assembly(op, inputs, attrs, target_name):

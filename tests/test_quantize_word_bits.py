@@ -56,7 +56,13 @@ def test_host_words_lower_bit_exact(tmp_path):
     q = qc.quantize(_cnn(seed=6), qc.QuantConfig(weights=1, activations=1), target="host")
     assert _word_dtypes(q) == {f"uint{choose_word_bits('host')}"}
     feeds = {"x": np.random.default_rng(0).normal(size=(1, 3, 9, 7)).astype(np.float32)}
-    got = run_lowered(lower_graph(q, "host"), feeds, str(tmp_path / "run"), keep_all=True)
+    lowered = lower_graph(q, "host")
+    from qcompiler.targets import resolve
+
+    if resolve("host").has("avx512"):
+        # the convs have one 64-bit word per pixel: the x86 AVX-512 default is the pixel-vector layout
+        assert any(r.config.get("layout") == "pixels" for r in lowered.records)
+    got = run_lowered(lowered, feeds, str(tmp_path / "run"), keep_all=True)
     exp_all = ref_run(q, feeds, keep_all=True)
     for name in (o for n in q.nodes for o in n.outputs):
         exp = exp_all[name]
@@ -64,3 +70,20 @@ def test_host_words_lower_bit_exact(tmp_path):
             np.testing.assert_allclose(got[name], exp, rtol=1e-5, atol=1e-5, err_msg=name)
         else:
             np.testing.assert_array_equal(got[name], exp, err_msg=name)
+
+
+def test_compile_hints_at_narrow_words(caplog):
+    pytest.importorskip("tvm")
+    from qcompiler.api import _hint_word_bits
+    from qcompiler.targets import resolve
+
+    q32 = qc.quantize(_cnn(), qc.QuantConfig(weights=1, activations=1))
+    with caplog.at_level("WARNING", logger="qcompiler.api"):
+        _hint_word_bits(q32, resolve("x86-avx2"))
+    assert "target='x86-avx2'" in caplog.text
+    q64 = qc.quantize(_cnn(), qc.QuantConfig(weights=1, activations=1), target="x86-avx2")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="qcompiler.api"):
+        _hint_word_bits(q32, resolve("rpi3-armv7"))
+        _hint_word_bits(q64, resolve("x86-avx2"))
+    assert caplog.text == ""

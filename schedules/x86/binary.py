@@ -4,8 +4,9 @@ The loop nest is the shared register tile of ``schedules/lowbit_tiling.py``; thi
 knobs. How LLVM lowers the popcount of a vector of words here (checked in tests/test_kernels_asm.py):
 AVX-512 VPOPCNTDQ -> ``vpopcntq``/``vpopcntd`` on zmm; AVX2 -> ``vpshufb`` nibble lookup.
 
-Measured defaults (AMD Zen 4, 1 thread, 64-bit words, ms = min of 3 interleaved runs of
-``TVM_NUM_THREADS=1`` TVM time_evaluator medians; ``benchmarks/kernels.py`` has the peer tables):
+Measured defaults (AMD Zen 4, 1 thread, 64-bit words, ``parallel="none"``; ms = min over 3
+interleaved runs of TVM time_evaluator medians unless a bullet says otherwise — the machine is
+shared, so only same-run comparisons count; ``benchmarks/kernels.py`` has the peer tables):
 
 * AVX-512 binary, ``layout="channels"``: 8 lanes x 2 vectors x 4 pixels. Dense M64 K1024 N1024:
   (o_vectors, spatial_tile) (2,4) 0.0585 ms, (4,2) 0.0585, (2,2) 0.059, (3,2) 0.0595, (4,1) 0.0736
@@ -28,6 +29,13 @@ Measured defaults (AMD Zen 4, 1 thread, 64-bit words, ms = min of 3 interleaved 
   (3,2) 0.537, (2,4) 0.587; conv 64x56x56->64 (2,2) 0.552, (2,4) 0.555, (4,2) 0.564, (4,1) 0.574;
   dense M64 K1024 (2,2) 0.295, (4,1) 0.296, (2,4) 0.342; M64 K4096 (2,2) 4.73, (4,1) 4.82,
   (2,4) 5.46 — each plane pair keeps its own shifted partial live, so fewer accumulators win.
+  The plane pairs run outside the words of a conv tap / of a dense ``plane_block`` (then one shift
+  per plane pair and block, ``w_mult`` folded into it): conv 256x14x14 0.501 -> 0.431 ms;
+  dense ``plane_block`` (1 / 2 / 4 / 8 words): M64 K1024 0.292 / 0.254 / 0.254 / 0.239 ms,
+  M64 K4096 4.81 / 4.17 / 4.20 / 4.05, M1 K4096 0.0737 / 0.0684 / 0.0685 / 0.0742 -> 8, M1: 4.
+  Taps unrolled with the plane pairs outside the whole window (one shift per pair and pixel
+  tile), min / median of 5: conv 64x56x56 (1 word per tap) 0.515 / 0.521 vs 0.547 / 0.566 ms ->
+  default when a tap is one word; conv 256x14x14 (4 words) 0.513 / 0.537 vs 0.430 / 0.434 -> not.
 * AVX2: 4 lanes x 2 vectors x 4 pixels (ymm; the nibble-LUT popcount needs scratch registers);
   scalar POPCNT: 4 words x 2 pixels. Not re-measured with the layouts above.
 """
@@ -44,6 +52,8 @@ PIXELS_AVX512 = (4, 1)
 DENSE_M1 = (4, 1)
 #: bitserial conv/dense (o_vectors, spatial_tile)
 BITSERIAL_AVX512 = (2, 2)
+#: bitserial dense words per plane block (LowbitConfig.plane_block): M1, more rows
+PLANE_BLOCK_M1, PLANE_BLOCK = 4, 8
 
 
 def _vector_bits(target) -> int:
@@ -77,7 +87,12 @@ def default_config(target, word_bits: int, wl=None) -> LowbitConfig:
     if isinstance(wl, LowbitDenseWorkload) and wl.m < st:
         # fewer rows than the tile: the padded rows would be computed and thrown away (M1: 4x the work)
         ov, st = (DENSE_M1 if wl.m == 1 else (ov, wl.m))
-    return LowbitConfig(lanes=lanes, o_vectors=ov, spatial_tile=st)
+    block, taps = 1, False
+    if vbits == 512 and wl is not None and not wl.binary:
+        block = PLANE_BLOCK_M1 if getattr(wl, "m", 0) == 1 else PLANE_BLOCK   # (dense only)
+        # one word per tap: plane pairs outside the unrolled window (more words: code too large)
+        taps = isinstance(wl, LowbitConvWorkload) and wl.cgw == 1
+    return LowbitConfig(lanes=lanes, o_vectors=ov, spatial_tile=st, plane_block=block, unroll_taps=taps)
 
 
 def _variant(target) -> str:
