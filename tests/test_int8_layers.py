@@ -112,6 +112,8 @@ def test_quantize_w1a1_first_last_int8_or_float(keep):
     assert "BinaryConv2d" in ops
     if keep == 8:
         assert "QConv2d" in ops and "QDense" in ops and "Conv" not in ops and "Gemm" not in ops, ops
+        assert next(n for n in q.nodes if n.op == "QConv2d").attrs["out"] in ("int8", "uint8")   # first: int8 out
+        assert next(n for n in q.nodes if n.op == "QDense").attrs["out"] == "float"              # last: float logits
     else:
         assert "Conv" in ops and "Gemm" in ops and "QConv2d" not in ops, ops
 
@@ -154,3 +156,29 @@ def test_quantize_w1a1_override_makes_a_real_valued_layer_int8():
     kinds = {n.name: n.op for n in q.nodes}
     assert kinds[middle] == "QConv2d" and list(kinds.values()).count("Conv") == 2, kinds
     assert list(kinds.values()).count("BinaryConv2d") == 1
+
+
+def test_int8_output_moves_the_max_pool_onto_integers(tmp_path):
+    """int8_outputs: the layer requantizes to int8, its MaxPool runs on the integers, then one
+    DequantizeLinear; compiled bit-exact against the reference, close to the float net."""
+    b = Builder(seed=4)
+    x = b.input("x", (1, 3, 22, 20))
+    y = b.conv(x, 16, k=7, pad=3, stride=2)
+    p = b.node("MaxPool", [y], kernel_shape=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1), dilations=(1, 1),
+               ceil_mode=0, auto_pad="NOTSET", storage_order=0)
+    g = b.done(b.node("Relu", [p]))
+    conv = _names(g, "Conv")[0]
+    batches = [{"x": b.rng.normal(size=(1, 3, 22, 20)).astype(np.float32)} for _ in range(8)]
+    q = int8_layers_calibrated(g, [conv], batches, int8_outputs=[conv])
+    ops = [n.op for n in q.nodes]
+    assert ops == ["QuantizeLinear", "QConv2d", "MaxPool", "DequantizeLinear", "Relu"], ops
+    qconv = next(n for n in q.nodes if n.op == "QConv2d")
+    assert qconv.attrs["out"] in ("int8", "uint8") and qconv.attrs["requant"] == "fixed_point"
+    feeds = {"x": b.rng.normal(size=(1, 3, 22, 20)).astype(np.float32)}
+    want = ref.run(g, feeds)[g.outputs[0]]
+    got_ref = ref.run(q, feeds)[q.outputs[0]]
+    assert np.abs(got_ref - want).max() <= 0.08 * np.abs(want).max()   # 8-bit output, min-max range
+    lowered, got, exp = run_both(q, feeds, tmp_path)
+    np.testing.assert_array_equal(got[q.outputs[0]], exp[q.outputs[0]])
+    with pytest.raises(ConfigError, match="not among the layers"):
+        int8_layers(g, [], {}, int8_outputs=[conv])

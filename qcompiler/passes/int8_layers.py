@@ -14,6 +14,14 @@ int8 layer reads a quantized copy of its float input and writes float again:
 
 The result differs from the float layer only by the rounding of the input and weights to 8 bits.
 Layers that are not plain weight layers (non-constant weights, 1-D/3-D convs, ...) raise.
+
+``int8_outputs`` (a subset of ``layers``, with calibrated ranges of their outputs): those layers
+write int8 instead (``out`` int8/uint8, fixed-point requantization, int32 bias
+``rint(b / (s_x * s_w[o]))``, as ``quantize_int8`` does), and a MaxPool that is the output's only
+reader runs on the integers; a ``DequantizeLinear`` gives the float value back. For Bi-Real-18's
+stem this is what int8 inference engines do (LCE/TFLite int8: conv and max pool in int8), and it
+measured 0.93 vs 1.16 ms for the conv and 0.04 vs 0.07 ms for the pool (+0.02 ms dequantize),
+at the price of rounding the stem's output to 8 bits.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import numpy as np
 from ..errors import ConfigError, UnsupportedError
 from ..ir import Graph, Node
 from ..quant.qparams import activation_qparams, weight_qparams
+from ..ref.ops.requant import quantize_multipliers
 from .graph_edit import add_const, add_value, drop_unused_values, weight_layout
 
 log = logging.getLogger(__name__)
@@ -35,22 +44,27 @@ INT32_LIMIT = (1 << 31) - 1
 
 
 def int8_layers(graph: Graph, layers: Sequence[str], ranges: Mapping[str, Range], *,
-                per_channel: bool = True) -> Graph:
+                per_channel: bool = True, int8_outputs: Sequence[str] = ()) -> Graph:
     """Rewrite the weight layers named ``layers`` as int8 (see the module docstring); ``ranges``
-    holds the calibrated ``(lo, hi)`` of each layer's input (``quant.calibrate``)."""
+    holds the calibrated ``(lo, hi)`` of each layer's input, and of the output of each layer in
+    ``int8_outputs`` (``quant.calibrate``)."""
     g = graph.copy()
     by_name = {n.name: n for n in g.nodes}
-    unknown = [n for n in layers if n not in by_name]
+    unknown = [n for n in list(layers) + list(int8_outputs) if n not in by_name]
     if unknown:
         raise ConfigError(f"int8_layers: no node named {unknown}")
+    stray = sorted(set(int8_outputs) - set(layers))
+    if stray:
+        raise ConfigError(f"int8_layers: int8_outputs {stray} are not among the layers to rewrite")
     for name in layers:
-        _rewrite(g, by_name[name], ranges, per_channel)
+        _rewrite(g, by_name[name], ranges, per_channel, name in set(int8_outputs))
     drop_unused_values(g)
     g.toposort().verify()
     return g
 
 
-def int8_layers_calibrated(graph: Graph, layers: Sequence[str], batches, *, per_channel: bool = True) -> Graph:
+def int8_layers_calibrated(graph: Graph, layers: Sequence[str], batches, *, per_channel: bool = True,
+                           int8_outputs: Sequence[str] = ()) -> Graph:
     """:func:`int8_layers` with the input ranges observed (min-max) by running ``graph`` on the
     calibration ``batches``. Named layers this pass cannot quantize stay float; each is logged and
     recorded in ``graph.meta["fallbacks"]``."""
@@ -69,9 +83,11 @@ def int8_layers_calibrated(graph: Graph, layers: Sequence[str], batches, *, per_
             ok.append(name)
     out = graph
     if ok:
-        values = sorted({nodes[n].inputs[0] for n in ok})
+        outs = [n for n in int8_outputs if n in ok and nodes[n].outputs[0] not in graph.outputs]
+        values = sorted({nodes[n].inputs[0] for n in ok} | {nodes[n].outputs[0] for n in outs})
         observers = calibrate(graph, batches, QuantConfig(calibration="minmax"), values=values)
-        out = int8_layers(graph, ok, {v: obs.range() for v, obs in observers.items()}, per_channel=per_channel)
+        out = int8_layers(graph, ok, {v: obs.range() for v, obs in observers.items()}, per_channel=per_channel,
+                          int8_outputs=outs)
     if fallbacks:
         out = out if out is not graph else graph.copy()
         out.meta.setdefault("fallbacks", []).extend(fallbacks)
@@ -90,7 +106,7 @@ def _unsupported(g: Graph, node: Node) -> str:
     return ""
 
 
-def _rewrite(g: Graph, node: Node, ranges: Mapping[str, Range], per_channel: bool) -> None:
+def _rewrite(g: Graph, node: Node, ranges: Mapping[str, Range], per_channel: bool, int8_out: bool) -> None:
     lay = weight_layout(g, node)
     x = node.inputs[0]
     xv = g.values[x]
@@ -100,8 +116,14 @@ def _rewrite(g: Graph, node: Node, ranges: Mapping[str, Range], per_channel: boo
     if lay["kind"] == "conv" and len(xv.shape) != 4:
         raise UnsupportedError(f"int8_layers: node {node.name!r}: only 2-D convolutions (4-D input), "
                                f"got input shape {list(xv.shape)}")
-    if x not in ranges:
-        raise ConfigError(f"int8_layers: no calibrated range for {x!r}, the input of {node.name!r}")
+    if lay["kind"] == "dense" and len(xv.shape) != 2:
+        raise UnsupportedError(f"int8_layers: dense node {node.name!r} needs a 2-D input, got {list(xv.shape)}")
+    y = node.outputs[0]
+    for v in [x] + ([y] if int8_out else []):
+        if v not in ranges:
+            raise ConfigError(f"int8_layers: no calibrated range for {v!r} of {node.name!r}")
+    if int8_out and y in g.outputs:
+        raise ConfigError(f"int8_layers: {node.name!r}: a graph output keeps the float epilogue")
     lo, hi = ranges[x]
     xqp = activation_qparams(lo, hi, 8)
     w = lay["w"].astype(np.float32)
@@ -109,32 +131,67 @@ def _rewrite(g: Graph, node: Node, ranges: Mapping[str, Range], per_channel: boo
     wqp = weight_qparams(w, 8, per_channel, True, axis=0, method="minmax")
     wq = wqp.quantize(w).astype(np.int8)
     w_scale = np.broadcast_to(np.asarray(wqp.scale, np.float32), (o,))
-    # |acc| <= 255 * sum |w| per output channel (|x - zp| <= 255)
-    worst = 255 * np.abs(wq.astype(np.int64)).reshape(o, -1).sum(axis=1)
-    if worst.max() > INT32_LIMIT:
-        raise UnsupportedError(f"int8_layers: node {node.name!r}: the int32 accumulator could overflow")
     scale = (np.float32(xqp.scale) * w_scale).astype(np.float32)
     bias = np.zeros(o, np.float32) if lay["bias"] is None else lay["bias"].astype(np.float32)
+    bq = np.rint(bias.astype(np.float64) / scale.astype(np.float64)) if int8_out else np.zeros(o)
+    # |acc| <= 255 * sum |w| (+ |bias|) per output channel (|x - zp| <= 255)
+    worst = 255 * np.abs(wq.astype(np.int64)).reshape(o, -1).sum(axis=1) + np.abs(bq)
+    if worst.max() > INT32_LIMIT:
+        raise UnsupportedError(f"int8_layers: node {node.name!r}: the int32 accumulator could overflow")
 
     base = node.name
     xq = add_value(g, f"{x}_q8", xv.shape, xqp.dtype)
-    quant = Node("QuantizeLinear", g.unique_name(f"{base}_quant"),
-                 [x, add_const(g, f"{base}_x_scale", np.array(xqp.scale, np.float32)),
-                  add_const(g, f"{base}_x_zp", np.array(xqp.zero_point, xqp.dtype))],
-                 [xq], dict(axis=1, block_size=0, output_dtype=xqp.dtype))
-    ins = [xq, add_const(g, f"{base}_wq", wq), "", add_const(g, f"{base}_scale", scale),
-           add_const(g, f"{base}_bias", bias)]
-    attrs = dict(x_zero_point=int(xqp.zero_point), w_zero_point=0, out="float")
+    new_nodes = [Node("QuantizeLinear", g.unique_name(f"{base}_quant"),
+                      [x, add_const(g, f"{base}_x_scale", np.array(xqp.scale, np.float32)),
+                       add_const(g, f"{base}_x_zp", np.array(xqp.zero_point, xqp.dtype))],
+                      [xq], dict(axis=1, block_size=0, output_dtype=xqp.dtype))]
+    attrs = dict(x_zero_point=int(xqp.zero_point), w_zero_point=0)
+    if int8_out:
+        yqp = activation_qparams(*ranges[y], 8)
+        mult, shift = quantize_multipliers(scale.astype(np.float64) / float(yqp.scale))
+        ins = [xq, add_const(g, f"{base}_wq", wq), add_const(g, f"{base}_bq", bq.astype(np.int32)),
+               add_const(g, f"{base}_mult", mult), add_const(g, f"{base}_shift", shift)]
+        attrs.update(out=yqp.dtype, out_zero_point=int(yqp.zero_point), out_min=yqp.qmin, out_max=yqp.qmax,
+                     requant="fixed_point")
+        outs = [add_value(g, f"{y}_q8", g.values[y].shape, yqp.dtype)]
+    else:
+        ins = [xq, add_const(g, f"{base}_wq", wq), "", add_const(g, f"{base}_scale", scale),
+               add_const(g, f"{base}_bias", bias)]
+        attrs.update(out="float")
+        outs = [y]
     if lay["kind"] == "conv":
         attrs.update(strides=tuple(node.attrs["strides"]), pads=tuple(node.attrs["pads"]),
                      dilations=tuple(node.attrs["dilations"]), groups=int(node.attrs.get("group", 1)))
-        new = Node("QConv2d", node.name, ins, list(node.outputs), attrs)
+        new = Node("QConv2d", node.name, ins, outs, attrs)
     else:
-        if len(xv.shape) != 2:
-            raise UnsupportedError(f"int8_layers: dense node {node.name!r} needs a 2-D input, got "
-                                   f"{list(xv.shape)}")
-        new = Node("QDense", node.name, ins, list(node.outputs), attrs)
+        new = Node("QDense", node.name, ins, outs, attrs)
+    new_nodes.append(new)
     i = g.nodes.index(node)
-    g.nodes[i:i + 1] = [quant, new]
-    log.info("int8_layers: %s -> %s (input %s, scale %.3g, zero point %d)", node.name, new.op, xqp.dtype,
-             float(xqp.scale), int(xqp.zero_point))
+    g.nodes[i:i + 1] = new_nodes
+    if int8_out:
+        _dequantize_after(g, new, y, yqp)
+    log.info("int8_layers: %s -> %s (input %s, scale %.3g, zero point %d%s)", node.name, new.op, xqp.dtype,
+             float(xqp.scale), int(xqp.zero_point), "; int8 output" if int8_out else "")
+
+
+def _dequantize_after(g: Graph, layer: Node, y: str, qp) -> None:
+    """``y`` (float) from the layer's int8 output: a MaxPool that is ``y``'s only reader runs on the
+    integers first (max commutes with the increasing dequantization), then DequantizeLinear."""
+    yq = layer.outputs[0]
+    readers = [n for n in g.nodes if y in n.inputs]
+    pool = readers[0] if len(readers) == 1 and readers[0].op == "MaxPool" and len(readers[0].outputs) == 1 \
+        and readers[0].inputs[0] == y and y not in g.outputs else None
+    if pool is not None:
+        pooled = pool.outputs[0]
+        pq = add_value(g, f"{pooled}_q8", g.values[pooled].shape, g.values[yq].dtype)
+        pool.inputs = [yq] + pool.inputs[1:]
+        pool.outputs = [pq]
+        del g.values[y]
+        yq, y, after = pq, pooled, pool
+    else:
+        after = layer
+    deq = Node("DequantizeLinear", g.unique_name(f"{y}_dequant"),
+               [yq, add_const(g, f"{y}_scale", np.array(qp.scale, np.float32)),
+                add_const(g, f"{y}_zp", np.array(qp.zero_point, qp.dtype))],
+               [y], dict(axis=1, block_size=0, output_dtype="float32"))
+    g.nodes.insert(g.nodes.index(after) + 1, deq)
