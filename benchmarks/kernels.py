@@ -351,8 +351,9 @@ def print_int8_table(rows):
 
 
 CONVS = [(256, 14, 14, 256), (64, 56, 56, 64)]
-#: MobileNet-style int8 depthwise 3x3, pad 1: channels, height, width, stride
-DEPTHWISE = [(144, 56, 56, 1), (144, 56, 56, 2)]
+#: MobileNet-style int8 depthwise 3x3, pad 1: channels, height, width, stride (the late small layers
+#: take the channels-in-lanes kernel, schedules/x86/int8_depthwise_cl.py)
+DEPTHWISE = [(144, 56, 56, 1), (144, 56, 56, 2), (576, 14, 14, 1), (576, 14, 14, 2), (960, 7, 7, 1)]
 DENSES = [(1, 1024), (1, 4096), (64, 1024), (64, 4096)]
 
 

@@ -16,6 +16,13 @@ armv7 ``vmlal.s16``) next to the generic ``qconv2d_nchw_ocvec`` (int32 ``mla`` /
 triple, 1 thread. int8 MACs per iteration = lanes x products of the multiply-accumulate instructions
 (``sdot .4s``: 16, ``smlal .4s`` / ``mla .4s`` / ``vmlal.s16 q`` / ``vmla.i32 q``: 4).
 
+int8 depthwise (printed with ``--int8``): 3x3 144x56x56 pad 1, strides 1 and 2, our ``qdepthwise_rows``
+(``schedules/arm/int8_depthwise.py`` defaults: lanes L x chunks U per iteration, int16 ``smlal`` from
+sign extensions on AArch64, ``llvm.arm.neon.vmulls`` on armv7) next to the generic
+``qdepthwise_conv2d_nchw``; MACs also count the plain multiply (``smull``, ``vmull.s16``, ``mul``,
+``vmul.i32``) that starts each chunk's sum. Work outside that loop (our per-channel int16 pack, the
+generic kernel's padding and zero-point reads) is not costed.
+
 Run: ``python benchmarks/mca.py`` (both tables), ``--binary`` or ``--int8`` for one.
 """
 
@@ -217,8 +224,9 @@ def int8_workload():
     return workload_of(g, g.nodes[0])
 
 
-def int8_asm(t: Triple, kind: str, override: Optional[dict] = None) -> Tuple[str, dict]:
-    """Assembly of the ``kind`` kernel (arm implementation, 1 thread) for ``t``, and its knobs."""
+def int8_asm(t: Triple, kind: str, override: Optional[dict] = None, wl=None) -> Tuple[str, dict]:
+    """Assembly of the ``kind`` kernel (arm implementation, 1 thread) for ``t`` on ``wl`` (default: the
+    int8 conv), and its knobs."""
     import tvm
     from tvm import te
 
@@ -227,7 +235,7 @@ def int8_asm(t: Triple, kind: str, override: Optional[dict] = None) -> Tuple[str
     from qcompiler.targets import get_target
 
     target = get_target(t.name)
-    wl = int8_workload()
+    wl = int8_workload() if wl is None else wl
     impl = get_impl(kind, "arm")
     cfg = dict(impl.config_for(wl, target), **(override or {}))
     cfg["parallel"] = type(cfg["parallel"])(0)
@@ -280,6 +288,76 @@ def int8_table() -> None:
         print(out)
 
 
+# -- int8 depthwise -------------------------------------------------------------------------------
+
+DW_C, DW_H, DW_W = 144, 56, 56
+
+#: the depthwise loops start each output chunk with a plain multiply (first tap): MACs too
+DW_MACS = I8_MACS + ((r"\bsmull2?\s+v\d+\.4s", 4), (r"\bmul\s+v\d+\.4s", 4), (r"\bvmull\.s16\s+q", 4),
+                     (r"\bvmul\.i32\s+q", 4))
+
+
+def dw_workload(stride: int = 1):
+    from qcompiler.codegen.lower import workload_of
+    from qcompiler.ir import Graph, Node, Value
+
+    g = Graph("int8dw")
+    g.add_value(Value("x", (1, DW_C, DW_H, DW_W), "uint8"))
+    g.inputs.append("x")
+    g.add_const("w", np.random.default_rng(0).integers(-128, 128, (DW_C, 1, 3, 3)).astype(np.int8))
+    oh, ow = (DW_H - 1) // stride + 1, (DW_W - 1) // stride + 1
+    g.add_value(Value("y", (1, DW_C, oh, ow), "int32"))
+    g.outputs.append("y")
+    g.add_node(Node("QConv2d", "dw", ["x", "w"], ["y"],
+                    {"strides": (stride, stride), "pads": (1, 1, 1, 1), "dilations": (1, 1), "groups": DW_C,
+                     "x_zero_point": 128, "w_zero_point": 0, "out": "int32"}))
+    return workload_of(g, g.nodes[0])
+
+
+def dw_row(t: Triple, kind: str, stride: int, override: Optional[dict] = None):
+    """(insns, MACs, cycles per iteration of the innermost MAC loop, knobs) or None."""
+    asm, cfg = int8_asm(t, kind, override, dw_workload(stride))
+    tm = Triple(t.name, t.mca_triple, t.mca_cpu, t.tvm_target, DW_MACS)
+    c = row(tm, asm, 1)
+    return None if c is None else c + (cfg,)
+
+
+def dw_table() -> None:
+    print(f"\nint8 depthwise 3x3 {DW_C}x{DW_H}x{DW_W} pad 1 (uint8, int32 out), innermost multiply-accumulate "
+          f"loop, llvm-mca: ours = qdepthwise_rows (schedules/arm/int8_depthwise.py defaults), generic = "
+          f"qdepthwise_conv2d_nchw")
+    print(f"{'target':11s} {'cpu':10s} {'s':>1s} | {'ours: mul':>12s} {'LxU':>4s} {'insns':>5s} {'MAC/it':>6s} "
+          f"{'cyc/MAC':>7s} | {'generic: insns':>14s} {'MAC/it':>6s} {'cyc/MAC':>7s} | {'x cyc':>6s}")
+    for t in _int8_triples():
+        for stride in (1, 2):
+            cells = []
+            for kind in ("qdepthwise_rows", "qdepthwise_conv2d_nchw"):
+                try:
+                    cells.append(dw_row(t, kind, stride))
+                except Exception as e:  # reported, not hidden
+                    sys.stderr.write(f"{t.name}: {kind} failed: {type(e).__name__}: {str(e)[:200]}\n")
+                    cells.append(None)
+            out = f"{t.name:11s} {t.mca_cpu:10s} {stride:1d} |"
+            c, g = cells
+            if c is None:
+                out += f" {'n/a':>12s} {'':>4s} {'':>5s} {'':>6s} {'':>7s} |"
+            else:
+                n, macs, cyc, cfg = c
+                mul = cfg["mull"].rsplit(".", 1)[-1] if cfg.get("mull") else "sext"
+                cyc_s = f"{cyc / macs:7.4f}" if cyc else f"{'n/a':>7s}"
+                tile = f"{cfg['lanes']}x{cfg.get('chunks', 1)}"
+                out += f" {mul:>12s} {tile:>4s} {n:5d} {macs:6.0f} {cyc_s} |"
+            if g is None:
+                out += f" {'n/a':>14s} {'':>6s} {'':>7s} |"
+            else:
+                n, macs, cyc, _ = g
+                cyc_s = f"{cyc / macs:7.4f}" if cyc else f"{'n/a':>7s}"
+                out += f" {n:14d} {macs:6.0f} {cyc_s} |"
+            if c is not None and g is not None and c[2] and g[2]:
+                out += f" {(g[2] / g[1]) / (c[2] / c[1]):6.2f}"
+            print(out)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     unknown = [a for a in argv if a not in ("--binary", "--int8")]
@@ -292,6 +370,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if "--int8" not in argv:
             print()
         int8_table()
+        dw_table()
     return 0
 
 

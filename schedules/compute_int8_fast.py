@@ -11,12 +11,19 @@ IRBuilder, with explicit vector loads, broadcasts and ``call_llvm_pure_intrin``:
     ``g`` = the ISA's group (4 bytes for u8 x s8, 2 int16 for i16 x i16) consecutive input channels
     of one pixel in one 32-bit lane (channels padded per conv group to a multiple of ``g``). For
     QDense this is just the rows of x with K padded. Interior pixels are converted 16 (or 8) at a
-    time: ``g`` contiguous channel-row loads interleaved by one shuffle.
+    time: ``g`` contiguous channel-row loads interleaved by one shuffle. With ``lane_over="kc"``
+    (few input channels, e.g. a 7x7 C=3 stem) it is the padded image in NHWC instead, and a lane is
+    ``g`` consecutive (kx, c) elements of a window row, read unaligned straight from it: 21 values
+    of a 7x3 row in 6 lanes instead of 7 taps x 1 padded lane. With ``lane_over="window"`` it is,
+    per output row, the KH input rows it reads interleaved per column, so that an output pixel's
+    whole window (kx, ky, c) is contiguous: the stem's 147 values in 37 lanes instead of 49.
 ``dot``
     output channels in the vector lanes, ``tile_p`` output pixels (conv: flattened n, oh, ow; dense:
     rows) x ``vectors`` vectors of ``lanes`` channels accumulated in registers; each reduction step
     broadcasts one 32-bit activation lane per pixel and multiplies it with ``vectors`` weight
-    vectors, laid out ``[OB, CW, KH, KW, vectors, lanes, g]`` at compile time. The epilogue runs on
+    vectors, laid out ``[OB, CW, KH, KW, vectors, lanes, g]`` at compile time (kc:
+    ``[OB, KH, CW, vectors, lanes, g]``, the row's (kx, c) zero-padded; window:
+    ``[OB, CW, vectors, lanes, g]``, the window's (kx, ky, c) zero-padded). The epilogue runs on
     the registers and stores straight into the NCHW / [M, N] output.
 
 Arithmetic (exact; int32 wraps like two's complement, so a partial sum that leaves int32 still ends
@@ -51,6 +58,18 @@ from .kernel import Arg, Plan, Stages, TensorSpec, Workload, ceil_div
 
 #: reduction elements per 32-bit lane of each scheme
 _GROUP = {"u8s8": 4, "s8s8": 4, "s16": 2, "s16mla": 1}
+
+#: ``FastConfig.lane_over`` values
+LANE_OVER = ("c", "kc", "window")
+
+#: the largest input channels per group the ``kc`` / ``window`` lanes take (they exist for few
+#: channels: from ``group`` channels on, ``c`` lanes waste nothing, and the packs' interleave
+#: shuffles grow with C)
+KC_MAX_CHANNELS = 16
+
+#: the largest KH * C the ``window`` pack takes (its interior interleaves KH * C channel rows in one
+#: shuffle of 16 * KH * C bytes; the stem needs 21)
+WINDOW_MAX_COLUMN = 32
 
 
 @dataclass(frozen=True)
@@ -101,14 +120,21 @@ class DotIsa:
 class FastConfig:
     """Knobs of the micro-kernel. ``isa``: a name of the family's ISA table; ``tile_p``: output
     pixels (conv) / rows (dense) per register tile; ``vectors``: accumulator vectors per pixel
-    (``vectors * lanes`` output channels per tile); ``parallel``: spread the tiles over threads."""
+    (``vectors * lanes`` output channels per tile); ``parallel``: spread the tiles over threads;
+    ``lane_over``: what one 32-bit lane groups, ``"c"`` (``group`` input channels of one tap) or
+    ``"kc"`` (``group`` consecutive (kx, c) elements of one window row: convs with few input
+    channels, see ``_pack_conv_kc``) or ``"window"`` (consecutive (kx, ky, c) of the whole window,
+    ``_pack_conv_window``)."""
 
     isa: str
     tile_p: int
     vectors: int
     parallel: bool = True
+    lane_over: str = "c"
 
     def __post_init__(self):
+        if self.lane_over not in LANE_OVER:
+            raise ConfigError(f"lane_over must be one of {LANE_OVER}, got {self.lane_over!r}")
         if not 1 <= self.tile_p <= 32:
             raise ConfigError(f"tile_p must be in [1, 32], got {self.tile_p}")
         if not 1 <= self.vectors <= 16:
@@ -120,7 +146,8 @@ class FastConfig:
     @staticmethod
     def of(cfg: dict) -> "FastConfig":
         try:
-            return FastConfig(str(cfg["isa"]), int(cfg["tile_p"]), int(cfg["vectors"]), bool(cfg["parallel"]))
+            return FastConfig(str(cfg["isa"]), int(cfg["tile_p"]), int(cfg["vectors"]), bool(cfg["parallel"]),
+                              str(cfg.get("lane_over", "c")))
         except KeyError as e:
             raise ConfigError(f"fast int8 kernel config lacks knob {e}") from None
 
@@ -194,16 +221,43 @@ def dot_shape(wl: Workload) -> DotShape:
 class Blocking:
     """How channels are blocked for one (shape, isa, config)."""
 
-    cw: int        # 32-bit lanes per pixel per conv group (ceil(C/g / group))
+    cw: int        # 32-bit lanes per pixel per conv group (ceil(C/g / group)); kc: per window row
+                   # (ceil(KW * C / group)); window: per window (ceil(KH * KW * C / group))
     ob_g: int      # output-channel blocks per conv group
     block: int     # output channels per block (vectors * lanes)
+    lanes_over: str = "c"   # FastConfig.lane_over
+
+    @property
+    def kc(self) -> bool:
+        return self.lanes_over == "kc"
+
+    @property
+    def window(self) -> bool:
+        return self.lanes_over == "window"
 
     def o_pad(self, groups: int) -> int:
         return groups * self.ob_g * self.block
 
+    def weight_shape(self, s: DotShape, isa: DotIsa, fc: FastConfig) -> tuple:
+        """The packed weights' shape: ``[OB, CW, KH, KW, vectors, lanes, group]``, kc
+        ``[OB, KH, CW, vectors, lanes, group]``, window ``[OB, CW, vectors, lanes, group]``."""
+        taps = (s.kh, self.cw) if self.kc else (self.cw,) if self.window else (self.cw, s.kh, s.kw)
+        return (s.groups * self.ob_g,) + taps + (fc.vectors, isa.lanes, isa.group)
+
 
 def blocking(s: DotShape, isa: DotIsa, fc: FastConfig) -> Blocking:
     block = fc.vectors * isa.lanes
+    if fc.lane_over in ("kc", "window"):
+        why = ("a dense layer" if s.dense else f"{s.groups} groups" if s.groups != 1 else
+               f"horizontal dilation {s.dw}" if s.dw != 1 else
+               f"{s.cg} input channels (at most {KC_MAX_CHANNELS})" if s.cg > KC_MAX_CHANNELS else
+               f"KH * C = {s.kh * s.cg} (at most {WINDOW_MAX_COLUMN})"
+               if fc.lane_over == "window" and s.kh * s.cg > WINDOW_MAX_COLUMN else "")
+        if why:
+            raise UnsupportedError(f"int8 dot kernel lane_over={fc.lane_over!r} (lanes over a window's "
+                                   f"(kx, c), contiguous in the pack) does not take {why}")
+        per = s.kw * s.cg * (s.kh if fc.lane_over == "window" else 1)
+        return Blocking(ceil_div(per, isa.group), ceil_div(s.og, block), block, fc.lane_over)
     return Blocking(ceil_div(s.cg, isa.group), ceil_div(s.og, block), block)
 
 
@@ -230,12 +284,25 @@ def x_zero_domain(s: DotShape, isa: DotIsa) -> int:
 
 def pack_weights(w: np.ndarray, s: DotShape, isa: DotIsa, fc: FastConfig) -> np.ndarray:
     """``w`` ([O, C/g, KH, KW] or [N, K]) -> ``[OB, CW, KH, KW, vectors, lanes, group]`` (minus the
-    weight zero point for s16), zero output channels / input channels appended per conv group."""
+    weight zero point for s16), zero output channels / input channels appended per conv group;
+    kc: ``[OB, KH, CW, vectors, lanes, group]``, a window row's (kx, c) zero-padded to ``CW * group``
+    (the pack's reads past the row's end, the next pixel's values, meet these zeros); window:
+    ``[OB, CW, vectors, lanes, group]`` over the window's (kx, ky, c), zero-padded likewise."""
     b = blocking(s, isa, fc)
     g, L, V = isa.group, isa.lanes, fc.vectors
     w4 = np.asarray(w).reshape(s.o, s.cg, s.kh, s.kw).astype(np.int16)
     if not isa.bytes:
         w4 = w4 - np.int16(s.w_zero_point)
+    if b.window:
+        full = np.zeros((b.ob_g * b.block, b.cw * g), np.int16)
+        full[:s.o, :s.kw * s.kh * s.cg] = w4.transpose(0, 3, 2, 1).reshape(s.o, -1)
+        full = full.reshape(b.ob_g, V, L, b.cw, g)
+        return np.ascontiguousarray(full.transpose(0, 3, 1, 2, 4)).astype(isa.w_dtype)
+    if b.kc:
+        full = np.zeros((b.ob_g * b.block, s.kh, b.cw * g), np.int16)
+        full[:s.o, :, :s.kw * s.cg] = w4.transpose(0, 2, 3, 1).reshape(s.o, s.kh, s.kw * s.cg)
+        full = full.reshape(b.ob_g, V, L, s.kh, b.cw, g)
+        return np.ascontiguousarray(full.transpose(0, 3, 4, 1, 2, 5)).astype(isa.w_dtype)
     full = np.zeros((s.groups, b.ob_g * b.block, b.cw * g, s.kh, s.kw), np.int16)
     full[:, :s.og, :s.cg] = w4.reshape(s.groups, s.og, s.cg, s.kh, s.kw)
     full = full.reshape(s.groups * b.ob_g, V, L, b.cw, g, s.kh, s.kw)
@@ -284,8 +351,8 @@ def plan(wl: Workload, cfg: dict, isa: DotIsa) -> Plan:
     fc = FastConfig.of(cfg)
     b = blocking(s, isa, fc)
     o_pad = b.o_pad(s.groups)
-    layout = f"{isa.scheme}l{isa.lanes}v{fc.vectors}g{s.groups}o{o_pad}"
-    wshape = (s.groups * b.ob_g, b.cw, s.kh, s.kw, fc.vectors, isa.lanes, isa.group)
+    layout = f"{isa.scheme}l{isa.lanes}v{fc.vectors}g{s.groups}o{o_pad}" + ("" if b.lanes_over == "c" else b.lanes_over)
+    wshape = b.weight_shape(s, isa, fc)
     vec = TensorSpec((o_pad,), "int32", True)
     args = [Arg("input", 0, wl.inputs[0]),
             Arg("const", 1, TensorSpec(wshape, isa.w_dtype, True), f"dotw_{layout}",
@@ -392,6 +459,23 @@ def _vectorizable(expr):
     return walk(expr)
 
 
+def _x_domain(v, s: DotShape, isa: DotIsa, lanes: int):
+    """x -> the kernel's activation domain (``lanes`` = 1: a scalar)."""
+    from tvm import tirx
+
+    if isa.scheme == "s8s8":
+        return _to_signed_bytes(v, s, lanes)
+    if isa.scheme == "u8s8":
+        if s.x_dtype != "int8":
+            return v
+        if lanes == 1:
+            return (v.astype("int32") + 128).astype("uint8")
+        return tirx.reinterpret(f"uint8x{lanes}", v) ^ tirx.Broadcast(tirx.const(128, "uint8"), lanes)
+    if lanes == 1:
+        return (v.astype("int32") - s.x_zero_point).astype("int16")
+    return v.astype(f"int16x{lanes}") - tirx.Broadcast(tirx.const(s.x_zero_point, "int16"), lanes)
+
+
 # -- the stages ------------------------------------------------------------------------------------
 
 def _pack_conv(s: DotShape, isa: DotIsa, b: Blocking, fc: FastConfig):
@@ -412,18 +496,7 @@ def _pack_conv(s: DotShape, isa: DotIsa, b: Blocking, fc: FastConfig):
     xd = isa.x_dtype
 
     def conv_elem(v, lanes: int):
-        """x -> the kernel's activation domain (``lanes`` = 1: a scalar)."""
-        if isa.scheme == "s8s8":
-            return _to_signed_bytes(v, s, lanes)
-        if isa.scheme == "u8s8":
-            if s.x_dtype != "int8":
-                return v
-            if lanes == 1:
-                return (v.astype("int32") + 128).astype("uint8")
-            return tirx.reinterpret(f"uint8x{lanes}", v) ^ tirx.Broadcast(tirx.const(128, "uint8"), lanes)
-        if lanes == 1:
-            return (v.astype("int32") - s.x_zero_point).astype("int16")
-        return v.astype(f"int16x{lanes}") - tirx.Broadcast(tirx.const(s.x_zero_point, "int16"), lanes)
+        return _x_domain(v, s, isa, lanes)
 
     def fcompute(ins, outs):
         x = ins[0]
@@ -474,6 +547,142 @@ def _pack_conv(s: DotShape, isa: DotIsa, b: Blocking, fc: FastConfig):
                                 idx = [e * chunk + i for i in range(chunk) for e in range(g)]
                                 inter = tirx.Shuffle(vecs, [tirx.const(i, "int32") for i in idx])
                                 T.buffer_store(xw, inter, [tirx.Ramp(row0 + (s.pl + x0) * g, 1, chunk * g)])
+        return ib.get()
+
+    return fcompute
+
+
+def kc_pack_size(s: DotShape, isa: DotIsa) -> int:
+    """Elements of the kc pack: the padded NHWC image plus ``group`` elements that the last
+    pixel's last lane may read past the end (their weights are 0)."""
+    return s.n * s.rows * s.cols * s.c + isa.group
+
+
+def _pack_conv_kc(s: DotShape, isa: DotIsa, b: Blocking, fc: FastConfig):
+    """fcompute of the ``pack`` stage for ``lane_over="kc"``: x NCHW -> the padded image in NHWC,
+    ``xw[((n * rows + row) * cols + col) * C + c]``. A window row of an output pixel, its KW * C
+    values (kx, c), is then contiguous (horizontal dilation 1), so the dot stage reads its lanes
+    straight from here: ``group`` consecutive (kx, c) elements, the last lane running into the next
+    pixel's values, which meet zero weights. Padded pixels hold the zero point as in ``_pack_conv``."""
+    from tvm import tirx
+    from tvm.script import tirx as T
+    from tvm.script.ir_builder import IRBuilder
+
+    C, rows, cols = s.c, s.rows, s.cols
+    wi = max(0, min(s.w, cols - s.pl))      # input columns the conv reads (see _pack_conv)
+    chunk = 16 if wi >= 16 else 8 if wi >= 8 else 0
+    pad_val = tirx.const(x_zero_domain(s, isa) if isa.bytes else 0, isa.x_dtype)
+    jobs = s.n * rows
+
+    def fcompute(ins, outs):
+        x = ins[0]
+        loop = T.parallel if fc.parallel else T.serial
+        with IRBuilder() as ib, loop(0, jobs) as job:
+            xw = _flat(outs[0])
+            nn = T.bind(job // rows)
+            r = T.bind(job % rows)
+            row0 = T.bind(job * cols * C)
+            yin = T.bind(r - s.pt)
+            inside = tirx.all(yin >= 0, yin < s.h)
+            with T.If(job == jobs - 1):
+                with T.Then():
+                    for e in range(isa.group):
+                        T.buffer_store(xw, tirx.const(0, isa.x_dtype), [jobs * cols * C + e])
+            with T.If(tirx.Not(inside)):
+                with T.Then():
+                    with T.serial(0, cols * C) as i:
+                        T.buffer_store(xw, pad_val, [row0 + i])
+            with T.If(inside):
+                with T.Then():
+                    # the borders and, for narrow rows, every pixel one by one
+                    first = s.pl + (wi if chunk else 0)
+                    with T.serial(0, cols) as col:
+                        xin = col - s.pl
+                        is_pad = tirx.any(xin < 0, xin >= s.w)
+                        with T.If(tirx.any(col < s.pl, col >= first)):
+                            with T.Then():
+                                for c in range(C):
+                                    val = _x_domain(x[nn, c, yin, tirx.max(tirx.min(xin, s.w - 1), 0)], s, isa, 1)
+                                    T.buffer_store(xw, tirx.Select(is_pad, pad_val, val), [row0 + col * C + c])
+                    if chunk:
+                        # interior: `chunk` pixels of the C channel rows interleaved by one shuffle,
+                        # the last chunk overlapping
+                        with T.serial(0, ceil_div(wi, chunk)) as ci:
+                            x0 = T.bind(tirx.min(ci * chunk, wi - chunk))
+                            vecs = [_x_domain(x.vload([nn, c, yin, x0], f"{s.x_dtype}x{chunk}"), s, isa, chunk)
+                                    for c in range(C)]
+                            idx = [c * chunk + i for i in range(chunk) for c in range(C)]
+                            inter = tirx.Shuffle(vecs, [tirx.const(i, "int32") for i in idx])
+                            T.buffer_store(xw, inter, [tirx.Ramp(row0 + (s.pl + x0) * C, 1, chunk * C)])
+        return ib.get()
+
+    return fcompute
+
+
+#: input columns the window pack's interior interleaves per shuffle (the stem's pack, 1 thread:
+#: 8 0.038 ms, 16 0.035, 32 0.049)
+WINDOW_CHUNK = 16
+
+
+def window_pack_size(s: DotShape, isa: DotIsa) -> int:
+    """Elements of the window pack (and ``group`` read past the end, as in ``kc_pack_size``)."""
+    return s.n * s.oh * s.cols * s.kh * s.c + isa.group
+
+
+def _pack_conv_window(s: DotShape, isa: DotIsa, b: Blocking, fc: FastConfig):
+    """fcompute of the ``pack`` stage for ``lane_over="window"``: per output row, the KH input
+    rows it reads interleaved per column, ``xw[(((n * OH + oy) * cols + col) * KH + ky) * C + c]``
+    (KH / stride copies of the image). An output pixel's whole window, (kx, ky, c), is then
+    contiguous: KW * KH * C values in ``ceil(. / group)`` lanes (the 7x7 C=3 stem: 37)."""
+    from tvm import tirx
+    from tvm.script import tirx as T
+    from tvm.script.ir_builder import IRBuilder
+
+    C, KH, cols = s.c, s.kh, s.cols
+    wi = max(0, min(s.w, cols - s.pl))
+    chunk = WINDOW_CHUNK if wi >= WINDOW_CHUNK else 8 if wi >= 8 else 0
+    pad_val = tirx.const(x_zero_domain(s, isa) if isa.bytes else 0, isa.x_dtype)
+    jobs = s.n * s.oh
+    per_col = KH * C
+
+    def fcompute(ins, outs):
+        x = ins[0]
+        loop = T.parallel if fc.parallel else T.serial
+        with IRBuilder() as ib, loop(0, jobs) as job:
+            xw = _flat(outs[0])
+            nn = T.bind(job // s.oh)
+            oy = T.bind(job % s.oh)
+            row0 = T.bind(job * cols * per_col)
+            yins = [T.bind(oy * s.sh + ky * s.dh - s.pt) for ky in range(KH)]
+            inside = [tirx.all(y >= 0, y < s.h) for y in yins]
+            ys = [tirx.max(tirx.min(y, s.h - 1), 0) for y in yins]
+            with T.If(job == jobs - 1):
+                with T.Then():
+                    for e in range(isa.group):
+                        T.buffer_store(xw, tirx.const(0, isa.x_dtype), [jobs * cols * per_col + e])
+            first = s.pl + (wi if chunk else 0)
+            with T.serial(0, cols) as col:
+                xin = col - s.pl
+                x_pad = tirx.any(xin < 0, xin >= s.w)
+                with T.If(tirx.any(col < s.pl, col >= first)):
+                    with T.Then():
+                        for ky in range(KH):
+                            for c in range(C):
+                                val = _x_domain(x[nn, c, ys[ky], tirx.max(tirx.min(xin, s.w - 1), 0)], s, isa, 1)
+                                val = tirx.Select(tirx.any(x_pad, tirx.Not(inside[ky])), pad_val, val)
+                                T.buffer_store(xw, val, [row0 + col * per_col + ky * C + c])
+            if chunk:
+                with T.serial(0, ceil_div(wi, chunk)) as ci:
+                    x0 = T.bind(tirx.min(ci * chunk, wi - chunk))
+                    vecs = []
+                    for ky in range(KH):
+                        for c in range(C):
+                            v = _x_domain(x.vload([nn, c, ys[ky], x0], f"{s.x_dtype}x{chunk}"), s, isa, chunk)
+                            vecs.append(tirx.Select(tirx.Broadcast(inside[ky], chunk), v,
+                                                    tirx.Broadcast(pad_val, chunk)))
+                    idx = [j * chunk + i for i in range(chunk) for j in range(per_col)]
+                    inter = tirx.Shuffle(vecs, [tirx.const(i, "int32") for i in idx])
+                    T.buffer_store(xw, inter, [tirx.Ramp(row0 + (s.pl + x0) * per_col, 1, chunk * per_col)])
         return ib.get()
 
     return fcompute
@@ -579,22 +788,41 @@ def _dot_kernel(wl: Workload, plan_: Plan, s: DotShape, isa: DotIsa, b: Blocking
                             nn = T.bind(p // ohw)
                             q = T.bind(p % ohw)
                             y, xx = q // s.ow, q % s.ow
-                            bases.append(T.bind((((nn * planes + gi * b.cw) * rows + y * s.sh) * cols + xx * s.sw) * g))
+                            if b.window:
+                                bases.append(T.bind(((nn * s.oh + y) * cols + xx * s.sw) * s.kh * s.c))
+                            elif b.kc:
+                                bases.append(T.bind(((nn * rows + y * s.sh) * cols + xx * s.sw) * s.c))
+                            else:
+                                bases.append(T.bind((((nn * planes + gi * b.cw) * rows + y * s.sh) * cols + xx * s.sw) * g))
                             pix.append((nn, q))
                         for i in range(TP * V):
                             T.buffer_store(acc, tirx.Broadcast(tirx.const(0, "int32"), L), [tirx.Ramp(i * L, 1, L)])
-                        with T.serial(0, b.cw) as cb:
+
+                        def step(xoff, woff):
+                            """One reduction step: a 32-bit activation lane per pixel x ``V`` weight vectors."""
+                            wv = [wt.vload([woff + v * L * g], isa.operand(isa.w_dtype)) for v in range(V)]
+                            for t in range(TP):
+                                a = _bcast32(xw, bases[t] + xoff, isa, isa.x_dtype)
+                                for v in range(V):
+                                    i = (t * V + v) * L
+                                    cur = acc.vload([i], acc_t)
+                                    T.buffer_store(acc, _dot(isa, cur, a, wv[v]), [tirx.Ramp(i, 1, L)])
+
+                        if b.window:
+                            with T.serial(0, b.cw) as lane_k:
+                                step(T.bind(lane_k * g), T.bind((ob * b.cw + lane_k) * V * L * g))
+                        elif b.kc:
+                            # per window row, its (kx, c) lanes: contiguous in the NHWC pack
                             with T.serial(0, s.kh) as ky:
-                                with T.serial(0, s.kw) as kx:
-                                    xoff = T.bind(((cb * rows + ky * s.dh) * cols + kx * s.dw) * g)
-                                    woff = T.bind((((ob * b.cw + cb) * s.kh + ky) * s.kw + kx) * V * L * g)
-                                    wv = [wt.vload([woff + v * L * g], isa.operand(isa.w_dtype)) for v in range(V)]
-                                    for t in range(TP):
-                                        a = _bcast32(xw, bases[t] + xoff, isa, isa.x_dtype)
-                                        for v in range(V):
-                                            i = (t * V + v) * L
-                                            cur = acc.vload([i], acc_t)
-                                            T.buffer_store(acc, _dot(isa, cur, a, wv[v]), [tirx.Ramp(i, 1, L)])
+                                with T.serial(0, b.cw) as lane_k:
+                                    step(T.bind(ky * s.dh * cols * s.c + lane_k * g),
+                                         T.bind(((ob * s.kh + ky) * b.cw + lane_k) * V * L * g))
+                        else:
+                            with T.serial(0, b.cw) as cb:
+                                with T.serial(0, s.kh) as ky:
+                                    with T.serial(0, s.kw) as kx:
+                                        step(T.bind(((cb * rows + ky * s.dh) * cols + kx * s.dw) * g),
+                                             T.bind((((ob * b.cw + cb) * s.kh + ky) * s.kw + kx) * V * L * g))
                         # epilogue and stores
                         def value(t, v, lane):
                             opad = ob * b.block + v * L + lane
@@ -679,6 +907,12 @@ def compute(wl: Workload, plan_: Plan, cfg: dict, isa: DotIsa) -> Stages:
     if s.dense:
         pack_shape = (s.n, b.cw * isa.group)
         pack_fn = _pack_dense(s, isa, b, fc)
+    elif b.kc:
+        pack_shape = (kc_pack_size(s, isa),)
+        pack_fn = _pack_conv_kc(s, isa, b, fc)
+    elif b.window:
+        pack_shape = (window_pack_size(s, isa),)
+        pack_fn = _pack_conv_window(s, isa, b, fc)
     else:
         pack_shape = (s.n, s.groups * b.cw, s.rows, s.cols, isa.group)
         pack_fn = _pack_conv(s, isa, b, fc)

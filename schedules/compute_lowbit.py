@@ -52,10 +52,13 @@ class Epilogue:
     out_min: int = -128
     out_max: int = 127
     requant: str = "fixed_point"     # "int8"/"uint8" only
+    residual: bool = False           # "float" only: + a float NCHW input of the output's shape
 
     def __post_init__(self):
         if self.kind not in EPILOGUES:
             raise UnsupportedError(f"epilogue out={self.kind!r} is not one of {EPILOGUES}")
+        if self.residual and self.kind != "float":
+            raise UnsupportedError(f"the fused residual add needs the float epilogue, got out={self.kind!r}")
         if self.kind == "packed" and self.out_word_bits not in WORD_BITS:
             raise ShapeError(f"out_word_bits must be one of {WORD_BITS}, got {self.out_word_bits}")
         if self.kind in ("int8", "uint8"):
@@ -72,7 +75,7 @@ class Epilogue:
             return 0
         if self.kind in ("int8", "uint8") and self.requant == "float":
             return 1
-        return 2
+        return 3 if self.residual else 2
 
     @staticmethod
     def from_attrs(attrs: dict) -> "Epilogue":
@@ -84,7 +87,7 @@ class Epilogue:
                             requant=str(attrs.get("requant", "fixed_point")))
         if kind == "packed":
             return Epilogue(kind, out_word_bits=int(attrs.get("out_word_bits", 64)))
-        return Epilogue(kind)
+        return Epilogue(kind, residual=bool(int(attrs.get("residual", 0))))
 
 
 @dataclass(frozen=True)
@@ -505,6 +508,17 @@ def _epilogue(ep: Epilogue, acc_fn: Callable, out_shape, o_axis_of, o_count: int
         scale = te.placeholder((o_count,), "float32", name="ep_scale")
         bias = te.placeholder((o_count,), "float32", name="ep_bias")
         params.update(ep_scale=scale, ep_bias=bias)
+        if ep.residual:
+            # fused residual Add: ((acc * scale) + bias) + residual, three roundings in the unfused
+            # graph's order (only the product is fenced: no other term can contract into an FMA).
+            # Two stages, so a schedule can stage the tile's epilogue (``<name>_epi``) before the add
+            # (see lowbit_tiling.apply_conv_schedule) or inline it.
+            res = te.placeholder(tuple(out_shape), "float32", name="ep_residual")
+            params.update(ep_residual=res)
+            epi = te.compute(out_shape, lambda *i: no_contract(acc_fn(*i).astype("float32") * scale[o_axis_of(i)])
+                             + bias[o_axis_of(i)], name=name + "_epi")
+            params.update(epi_stage=epi)
+            return te.compute(out_shape, lambda *i: epi[i] + res[i], name=name)
         # multiply, then add: two roundings as the contract says, never one FMA
         return te.compute(out_shape, lambda *i: no_contract(acc_fn(*i).astype("float32") * scale[o_axis_of(i)])
                           + bias[o_axis_of(i)], name=name)
@@ -697,6 +711,10 @@ def lowbit_conv_compute(wl: LowbitConvWorkload, ov: int, ow_tile: int = 1, base_
     for nm in ep_names:
         names.append("ep_" + nm)
         tensors.append(params["ep_" + nm])
+    if ep.residual:                   # a runtime input (node input 2 + len(ep_names)), not a constant
+        names.append("ep_residual")
+        tensors.append(params["ep_residual"])
+        extra_stages["epi"] = params["epi_stage"]
     names.append("out")
     tensors.append(out)
     return ConvStages(tensors, names, xp, pop, out, o_pad, ov, extra_stages)
@@ -721,6 +739,8 @@ def lowbit_dense_compute(wl: LowbitDenseWorkload, ov: int, m_tile: int = 1) -> D
     """
     from tvm import te, tirx
 
+    if wl.epilogue.residual:
+        raise UnsupportedError(f"{wl.op}: the fused residual epilogue is defined for convs only")
     wdt = f"uint{wl.word_bits}"
     n_pad = padded_channels(wl.n, ov, wl.epilogue)
     m_pad = _ceil_div(wl.m, m_tile) * m_tile
@@ -791,12 +811,15 @@ def _pad_rows(x, m_pad: int, wdt: str):
 
 def kernel_params(names: Sequence[str], tensors: Sequence[object], consts: Dict[str, np.ndarray]
                   ) -> List[KernelParam]:
-    """Describe the PrimFunc arguments: x is node input 0, constants are prepared, out is output 0."""
+    """Describe the PrimFunc arguments: x is node input 0, constants are prepared, out is output 0;
+    the fused residual (``ep_residual``) is node input 4 (after x, w, scale, bias)."""
     out = []
     for name, t in zip(names, tensors):
         shape = tuple(int(s) for s in t.shape)
         if name == "x":
             out.append(KernelParam(name, "input", 0, shape, str(t.dtype)))
+        elif name == "ep_residual":
+            out.append(KernelParam(name, "input", 4, shape, str(t.dtype)))
         elif name == "out":
             out.append(KernelParam(name, "output", 0, shape, str(t.dtype)))
         else:

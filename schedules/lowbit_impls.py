@@ -104,6 +104,14 @@ def plan_lowbit(wl: Workload, cfg: dict) -> Plan:
         if name == "w":
             fn = L.conv_weight_constant if is_conv else L.dense_weight_constant
             args.append(Arg("const", 1, spec, f"blk{layout}", lambda ins, fn=fn, lw=lw, ov=ov: fn(lw, ov, ins[1])))
+        elif name == "ep_residual":
+            # the fused residual Add's other operand: a runtime input, as is (NCHW float32)
+            idx = 2 + len(ep_names)
+            res = wl.input(idx)
+            if res is None or res.shape != tuple(wl.outputs[0].shape) or res.dtype != "float32":
+                raise UnsupportedError(f"{wl.op}: the residual (input {idx}) must be float32 of the output's "
+                                       f"shape {list(wl.outputs[0].shape)}, got {res}")
+            args.append(Arg("input", idx, res))
         elif name == "base":
             by_column = c.layout == "pixels"
             tag = f"base{_digest(layout, lw.geom, lw.pad_value, by_column)}"
@@ -128,7 +136,8 @@ def schedule_lowbit(sch, stages: Stages, wl: Workload, target, cfg: dict) -> Non
     c = _fitted(lw, cfg)
     if isinstance(lw, L.LowbitConvWorkload):
         apply_conv_schedule(sch, lw, c, (stages.block("pop"), stages.block("out"), stages.block("pad")),
-                            stages.block("xsum") if "xsum" in stages.named else None)
+                            stages.block("xsum") if "xsum" in stages.named else None,
+                            epi=stages.block("epi") if "epi" in stages.named else None)
     else:
         apply_dense_schedule(sch, lw, c, (stages.block("pop"), stages.block("out")),
                              stages.block("xsum") if "xsum" in stages.named else None)

@@ -18,8 +18,10 @@ from .compute_injective import BINARY, UNARY, UNCHECKED_UNARY, VARIADIC
 from .impls import get_impl
 from .kernel import KernelImpl, Workload
 from .arm import int8 as _arm_int8  # noqa: F401  registers qconv2d_dot / qdense_dot on arm
+from .arm import int8_depthwise as _arm_int8_dw  # noqa: F401  registers qdepthwise_rows on arm
 from .x86 import int8 as _x86_int8  # noqa: F401  registers qconv2d_dot / qdense_dot on x86
 from .x86 import int8_depthwise as _x86_int8_dw  # noqa: F401  registers qdepthwise_rows on x86
+from .x86 import int8_depthwise_cl as _x86_int8_dw_cl  # registers qdepthwise_cl on x86
 from .compute_pool import supported as _pool_unsupported  # "" when maxpool2d_rows handles the workload
 from .compute_pool import avg_supported as _avgpool_unsupported  # "" when avgpool2d_rows handles it
 from .compute_bitpack import supported as _bitpack_unsupported  # "" when bitpack_pixels handles it
@@ -128,12 +130,22 @@ def consts_from(start: int) -> Pred:
     return lambda wl, t: all(s is None or s.const for s in wl.inputs[start:])
 
 
+def lowbit_conv_epilogue(wl: Workload, t) -> bool:
+    """consts_from(2), but a fused residual (attr ``residual``; the last input, after scale and bias)
+    is a runtime float32 tensor of the output's shape (passes/fuse_residual.py)."""
+    if not int(wl.attr("residual", 0)):
+        return consts_from(2)(wl, t)
+    res = wl.inputs[-1]
+    return (len(wl.inputs) == 5 and all(s is not None and s.const for s in wl.inputs[2:4])
+            and res is not None and res.dtype == "float32" and tuple(res.shape) == tuple(wl.outputs[0].shape))
+
+
 RULES: List[Rule] = [
     # low-bit ops on packed words (schedules/lowbit_impls.py)
-    Rule("bconv2d_nhwc", all_of(op_is("BinaryConv2d"), const_input(1), consts_from(2)),
+    Rule("bconv2d_nhwc", all_of(op_is("BinaryConv2d"), const_input(1), lowbit_conv_epilogue),
          "XOR+popcount register tile, weights blocked per output-channel vector at compile time, "
          "zero padding exact through a compile-time correction table"),
-    Rule("bsconv2d_nhwc", all_of(op_is("BitserialConv2d"), const_input(1), consts_from(2)),
+    Rule("bsconv2d_nhwc", all_of(op_is("BitserialConv2d"), const_input(1), lowbit_conv_epilogue),
          "AND+popcount over bit planes, plane weights folded into immediates"),
     Rule("bdense", all_of(op_is("BinaryDense"), const_input(1), consts_from(2)),
          "XOR+popcount register tile over rows x output-feature vectors"),
@@ -158,12 +170,24 @@ RULES: List[Rule] = [
          "per-channel constant, else exact int16 vpmaddwd (x86) / smlal, vmlal.s16 (NEON); "
          "weights blocked at compile time; 4-5x the generic int8 conv on x86; on ARM 2x (smlal, "
          "cortex-a72) to 10x (sdot, cortex-a76) fewer cycles per MAC (llvm-mca, benchmarks/mca.py)"),
-    Rule("qdepthwise_rows", all_of(op_is("QConv2d"), family("x86"), has_feature("avx2"), rank(0, 4),
-                                   in_dtype(0, *QUANT8), in_dtype(1, "int8"), int8_epilogue, const_input(1),
-                                   depthwise),
-         "int8 depthwise on x86: output columns in int32 lanes over a zero-point-free padded int32 copy "
-         "of the channel, stride phases split (schedules/x86/int8_depthwise.py); 144x56x56 3x3: "
-         "2.9x (s1) / 5.6x (s2) the generic kernel, 1.3x / 1.2x onnxruntime int8"),
+    Rule("qdepthwise_cl", all_of(op_is("QConv2d"), family("x86"), has_feature("avx2"), rank(0, 4),
+                                 in_dtype(0, *QUANT8), in_dtype(1, "int8"), int8_epilogue, const_input(1),
+                                 depthwise, _x86_int8_dw_cl.preferred),
+         "int8 depthwise on x86 with <= 8x8 output pixels per channel (<= 28x28 with AVX-512 VNNI "
+         "vpdpwssd taps): channels in int32 lanes, NCHW transposed in the pack and the store "
+         "(schedules/x86/int8_depthwise_cl.py); VNNI: 960x7x7 s1 2.1x, 576x14x14 s2 1.6x, s1 1.2x the "
+         "row kernel; AVX2: 1.4x / 1.2x / 0.94x (so AVX2 stops at 8x8)"),
+    Rule("qdepthwise_rows", all_of(op_is("QConv2d"),
+                                   any_of(all_of(family("x86"), has_feature("avx2")),
+                                          all_of(family("arm"), has_feature("neon"))),
+                                   rank(0, 4), in_dtype(0, *QUANT8), in_dtype(1, "int8"), int8_epilogue,
+                                   const_input(1), depthwise),
+         "int8 depthwise: output columns in int32 lanes over a zero-point-free padded copy of the "
+         "channel, stride phases split (schedules/compute_int8_depthwise.py); x86 (int32 vpmulld) "
+         "144x56x56 3x3: 2.9x (s1) / 5.6x (s2) the generic kernel, 1.3x / 1.2x onnxruntime int8; ARM "
+         "(int16 smlal / vmlal.s16, schedules/arm/int8_depthwise.py), llvm-mca cycles per MAC of the inner "
+         "loop vs the generic kernel (benchmarks/mca.py): s1 / s2 2.0x / 5.1x cortex-a72, 4.2x / 6.6x "
+         "cortex-a53, 1.15x / 6.4x armv7 (cortex-a57 model)"),
     Rule("qdepthwise_conv2d_nchw", all_of(op_is("QConv2d"), in_dtype(0, *QUANT8), int8_epilogue, depthwise),
          "int8 depthwise: int32 accumulation vectorised along output columns"),
     Rule("qconv2d_nchw_ocvec", all_of(op_is("QConv2d"), in_dtype(0, *QUANT8), int8_epilogue, const_input(1)),
@@ -236,8 +260,11 @@ LIMITS: List[Tuple[Pred, str]] = [
     (all_of(op_is("QConv2d", "QDense"), lambda wl, t: wl.attr("out") == "packed"),
      "the fused bit-packing epilogue (out='packed') has no int8 kernel yet"),
     (all_of(op_is("BinaryConv2d", "BitserialConv2d", "BinaryDense", "BitserialDense"),
-            lambda wl, t: not all(s is None or s.const for s in wl.inputs[1:])),
+            lambda wl, t: not all(s is None or s.const
+                                  for s in wl.inputs[1:4 if int(wl.attr("residual", 0)) else None])),
      "{op}: the packed weights and the epilogue vectors must be compile-time constants"),
+    (all_of(op_is("BinaryConv2d", "BitserialConv2d"), lambda wl, t: int(wl.attr("residual", 0))),
+     "{op}: the fused residual must be float32 of the output's shape with the float epilogue"),
     (op_is("BatchNormalization"), "BatchNormalization needs constant scale/var and training_mode=0"),
 ]
 

@@ -98,7 +98,7 @@ def test_qconv2d_dot_knobs(knobs, tmp_path):
     xs, ws, geo, xdt, bias, kind = CONVS[4]
     inputs, eattrs = conv_inputs(xs, ws, xdt, bias, kind)
     rec = _check("QConv2d", inputs, {**geo, **eattrs}, tmp_path, "x86-avx512", tuning=knobs)
-    assert rec.config == knobs
+    assert rec.config == {**knobs, "lane_over": "c"}
 
 
 @pytest.mark.parametrize("tile_p,kind", [(7, "float_uint8"), (6, "fixed_int8"), (4, "fixed_uint8"),
@@ -113,7 +113,7 @@ def test_qconv2d_dot_byte_stores(tile_p, kind, tmp_path):
     knobs = {"isa": "vnni512", "tile_p": tile_p, "vectors": 2, "parallel": True}
     rec = _check("QConv2d", inputs, {**geometry((2, 2), (1, 1, 1, 1), xz=100), **eattrs}, tmp_path,
                  "x86-avx512", tuning=knobs)
-    assert rec.config == knobs
+    assert rec.config == {**knobs, "lane_over": "c"}
 
 
 DENSES = [
@@ -143,19 +143,19 @@ def test_qdense_dot_exact(case, target, tmp_path):
 def test_depthwise_selection():
     """Depthwise has one input channel per output: 4-channel dot lanes would waste 3/4, so x86 takes
     the column-vector depthwise kernel and targets without it keep the generic one."""
-    x = np.zeros((1, 8, 5, 5), np.uint8)
+    x = np.zeros((1, 8, 11, 11), np.uint8)    # 9x9 outputs, 8 channels: not the channels-in-lanes kernel's
     w = np.zeros((8, 1, 3, 3), np.int8)
     g = single_node_graph("QConv2d", [(x, False), (w, True), (None, False)],
                           {**geometry(groups=8), "out": "int32"})
     wl = workload_of(g, g.nodes[0])
     assert select(wl, get_target("x86-avx512")).kind == "qdepthwise_rows"
     assert select(wl, get_target("x86-avx2")).kind == "qdepthwise_rows"
-    assert select(wl, get_target("rpi5")).kind == "qdepthwise_conv2d_nchw"
+    assert select(wl, get_target("riscv64")).kind == "qdepthwise_conv2d_nchw"
 
 
 DEPTHWISE = [
     # x shape, channel multiplier, geometry, x dtype, bias, epilogue
-    ((1, 16, 20, 21), 1, geometry(pads=(1, 1, 1, 1), xz=128), "uint8", True, "fixed_uint8"),
+    ((1, 12, 20, 21), 1, geometry(pads=(1, 1, 1, 1), xz=128), "uint8", True, "fixed_uint8"),  # < 16 channels: rows
     ((2, 5, 9, 40), 2, geometry((2, 2), (1, 0, 0, 1), xz=-5, wz=3), "int8", True, "float_int8"),
     ((1, 7, 6, 5), 1, geometry((1, 2), (0, 1, 2, 1), xz=30), "uint8", False, "int32"),
     ((1, 8, 33, 34), 1, geometry((2, 2), (1, 1, 1, 1), xz=0, wz=-2), "int8", True, "fixed_uint8"),
@@ -285,3 +285,115 @@ def test_pack_stage_stays_in_its_buffer():
     packed = got[:size].reshape(shape)
     want = x[0, :, :15, :15].astype(np.int16).reshape(4, 2, 15, 15).transpose(0, 2, 3, 1)
     np.testing.assert_array_equal(packed[0], want)
+
+
+# -- lanes over (kx, c): convs with few input channels --------------------------------------------
+
+KC_CONVS = [
+    # x shape, w shape, geometry, x dtype, bias, epilogue
+    ((1, 3, 37, 35), (64, 3, 7, 7), geometry((2, 2), (3, 3, 3, 3), xz=-7), "int8", True, "fixed_int8"),
+    ((2, 3, 15, 17), (20, 3, 7, 7), geometry((2, 2), (3, 3, 3, 3), xz=131), "uint8", False, "float_uint8"),
+    ((1, 1, 12, 41), (16, 1, 3, 3), geometry(pads=(1, 1, 1, 1), xz=40), "uint8", True, "float"),
+    ((1, 3, 11, 9), (24, 3, 3, 3), geometry(pads=(1, 0, 1, 2), xz=-100), "int8", True, "int32"),
+    ((1, 2, 13, 22), (8, 2, 5, 5), geometry((1, 2), (2, 1, 0, 2), (2, 1), xz=5), "uint8", True, "fixed_uint8"),
+    ((1, 3, 5, 7), (33, 3, 3, 3), geometry((2, 2), (1, 1, 1, 1), xz=0), "int8", True, "float_int8"),
+]
+
+
+@pytest.mark.parametrize("lanes", ["kc", "window"])
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("case", range(len(KC_CONVS)), ids=[f"kc{i}" for i in range(len(KC_CONVS))])
+def test_qconv2d_dot_lanes_over_kc_exact(case, target, lanes, tmp_path):
+    """``lane_over="kc"``: one 32-bit lane holds consecutive (kx, c) of a window row, read straight
+    from the NHWC pack (the last lane of a row runs into the next pixel, times zero weights);
+    ``"window"``: consecutive (kx, ky, c) of the whole window from the per-output-row pack. 7x7/2
+    stems with padding 3, C = 1, 2, 3, vertical dilation, odd widths (narrow rows: no interior
+    chunk; 41: chunks of 16 with an overlapping last one), int8 / uint8, zero points, every epilogue."""
+    xs, ws, geo, xdt, bias, kind = KC_CONVS[case]
+    inputs, eattrs = conv_inputs(xs, ws, xdt, bias, kind)
+    rec = _check("QConv2d", inputs, {**geo, **eattrs}, tmp_path, target, tuning={"lane_over": lanes})
+    assert rec.impl == "qconv2d_dot__x86" and rec.config["lane_over"] == lanes
+
+
+def test_lanes_over_default():
+    """The default takes the lanes with the fewest reduction steps (schedules/x86/int8.py), ties to
+    the smaller pack: the 7x7 C=3 stem "window" (VNNI 37 vs kc 42 vs c 49; vpmaddwd 74 / 77 / 98),
+    3x3 C=3 "window" (VNNI 7 / 9 / 9), 3x3 C=1 "kc" (3 / 3 / 9), 5x5 C=1 "window" (7 / 10 / 25); many
+    channels or groups "c"; kc / window tiles of 2 vectors."""
+    def config(xs, ws, geo, target):
+        g = single_node_graph("QConv2d", [(np.zeros(xs, np.uint8), False), (np.ones(ws, np.int8), True),
+                                          (None, False)], {**geo, "out": "int32"})
+        wl = workload_of(g, g.nodes[0])
+        t = get_target(target)
+        return select(wl, t).impl.config_for(wl, t)
+
+    def lanes(*a):
+        return config(*a)["lane_over"]
+
+    stem = ((1, 3, 224, 224), (64, 3, 7, 7), geometry((2, 2), (3, 3, 3, 3)))
+    c3 = ((1, 3, 32, 32), (32, 3, 3, 3), geometry(pads=(1, 1, 1, 1)))
+    assert config(*stem, "x86-avx512") == {"isa": "vnni512", "tile_p": 8, "vectors": 2, "parallel": True,
+                                           "lane_over": "window"}
+    assert lanes(*stem, "x86-avx2") == "window"
+    assert lanes(*c3, "x86-avx512") == "window" and lanes(*c3, "x86-avx2") == "window"
+    assert lanes((1, 1, 28, 28), (32, 1, 3, 3), geometry(), "x86-avx512") == "kc"
+    assert lanes((1, 1, 28, 28), (32, 1, 5, 5), geometry(), "x86-avx512") == "window"
+    assert lanes((1, 64, 14, 14), (64, 64, 3, 3), geometry(), "x86-avx512") == "c"
+    assert lanes((1, 4, 9, 9), (8, 2, 3, 3), geometry(groups=2), "x86-avx2") == "c"
+    assert lanes((1, 3, 9, 9), (8, 3, 3, 3), geometry(dil=(1, 2)), "x86-avx2") == "c"
+
+
+def test_lanes_over_kc_refusals():
+    """kc needs one conv group, horizontal dilation 1 and few channels: anything else is refused by
+    name, not packed wrong."""
+    from qcompiler.errors import UnsupportedError
+
+    cases = [((1, 4, 9, 9), (8, 2, 3, 3), geometry(groups=2), "2 groups"),
+             ((1, 3, 9, 9), (8, 3, 3, 3), geometry(dil=(1, 2)), "horizontal dilation 2"),
+             ((1, 32, 9, 9), (8, 32, 3, 3), geometry(), "32 input channels")]
+    target = get_target("x86-avx512")
+    g = single_node_graph("QConv2d", [(np.zeros((1, 11, 9, 9), np.uint8), False),
+                                      (np.ones((8, 11, 3, 3), np.int8), True), (None, False)], {**geometry(), "out": "int32"})
+    wl = workload_of(g, g.nodes[0])
+    impl = select(wl, target).impl
+    with pytest.raises(UnsupportedError, match="KH \\* C = 33"):
+        impl.plan(wl, impl.config_for(wl, target, {"lane_over": "window"}))
+    # window would take 25 steps (kc and c 27): the default must not pick the refused layout
+    assert impl.config_for(wl, target)["lane_over"] == "c"
+    for xs, ws, geo, why in cases:
+        g = single_node_graph("QConv2d", [(np.zeros(xs, np.uint8), False), (np.ones(ws, np.int8), True),
+                                          (None, False)], {**geo, "out": "int32"})
+        wl = workload_of(g, g.nodes[0])
+        impl = select(wl, target).impl
+        for lanes in ("kc", "window"):
+            cfg = impl.config_for(wl, target, {"lane_over": lanes})
+            with pytest.raises(UnsupportedError, match=why):
+                impl.plan(wl, cfg)
+
+
+@pytest.mark.parametrize("lanes", ["kc", "window"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_lanes_over_kc_native_threads(threads, lanes, tmp_path):
+    """The stem-shaped kc kernel in a native module on 1 and 2 threads (the parallel pack's rows and
+    its tail are split between the threads), run several times, is the reference."""
+    from lowering_helpers import feeds_of
+    from qcompiler import ref
+    from qcompiler.codegen.lower import lower_graph
+    from qcompiler.codegen.package import build_module
+    import qcompiler as qc
+
+    inputs, eattrs = conv_inputs((1, 3, 45, 43), (64, 3, 7, 7), "int8", True, "fixed_int8")
+    g = single_node_graph("QConv2d", inputs, {**geometry((2, 2), (3, 3, 3, 3), xz=-9), **eattrs})
+    feeds = feeds_of(g, inputs)
+    want = ref.run(g, feeds)["out0"]
+    host = get_target("host")
+    wl = workload_of(g, g.nodes[0])
+    if select(wl, host).impl.name != "qconv2d_dot__x86":
+        pytest.skip("the host does not take the x86 dot kernel")
+    lowered = lower_graph(g, host, tuning={wl.key(): {"lane_over": lanes, "parallel": True}})
+    assert lowered.records[0].config["lane_over"] == lanes
+    module = build_module(lowered, name=f"{lanes}{threads}", target=host)
+    loaded = qc.load(module.export(str(tmp_path / "m")), num_threads=threads)
+    for run in range(6):
+        got = loaded.run(feeds)["out0"]
+        assert np.array_equal(got, want), f"run {run}: {int(np.sum(got != want))} elements differ"

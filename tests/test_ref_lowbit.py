@@ -127,6 +127,44 @@ def test_binary_conv_float_and_packed_epilogues():
     np.testing.assert_array_equal(bits.unpack_bits(yp, o), minus.transpose(0, 2, 3, 1))
 
 
+def test_binary_conv_residual_epilogue_is_the_unfused_add():
+    """residual=1: ``(acc * scale + bias) + residual``, each step rounded to float32 -- exactly the
+    unfused float epilogue followed by the float Add (and not one rounding of the whole sum)."""
+    c, o = 13, 10
+    x, wt = pm1((2, c, 5, 6)), pm1((o, c, 3, 3))
+    base = dict(in_channels=c, groups=1, kernel_shape=(3, 3), strides=(1, 1), pads=(1, 1, 1, 1),
+                dilations=(1, 1), pad_value=0)
+    xp, wp = bits.pack_sign(x, 32), bits.pack_weight_sign(wt, 32)
+    scale = (RNG.random(o) * 0.37).astype(np.float32)
+    bias = RNG.standard_normal(o).astype(np.float32)
+    res = RNG.standard_normal((2, o, 5, 6)).astype(np.float32)
+    y = run("BinaryConv2d", [xp, wp, scale, bias], dict(base, out="float"))
+    (unfused,) = ref.run_single("Add", [y, res], {})
+    fused = run("BinaryConv2d", [xp, wp, scale, bias, res], dict(base, out="float", residual=1))
+    assert fused.dtype == np.float32
+    np.testing.assert_array_equal(fused, unfused)
+    acc = run("BinaryConv2d", [xp, wp], dict(base, out="int32")).astype(np.float64)
+    once = (acc * scale[None, :, None, None] + bias[None, :, None, None] + res).astype(np.float32)
+    assert (once != fused).any()  # the order of the roundings is observable
+    # BitserialConv2d shares the epilogue
+    codes = RNG.integers(0, 4, (1, c, 4, 4)).astype(np.uint8)
+    u = RNG.integers(0, 4, (o, c, 3, 3)).astype(np.uint8)
+    bs = dict(base, act_bits=2, weight_bits=2, w_mult=1, w_offset=0, out="float")
+    bx, bw = bits.pack_planes(codes, 2, 16), bits.pack_planes(u, 2, 16)
+    r4 = RNG.standard_normal((1, o, 4, 4)).astype(np.float32)
+    yb = run("BitserialConv2d", [bx, bw, scale, bias], bs)
+    np.testing.assert_array_equal(run("BitserialConv2d", [bx, bw, scale, bias, r4], dict(bs, residual=1)),
+                                  yb + r4)
+    with pytest.raises(QCompilerError, match="residual must have the output's shape"):
+        ref.run_single("BinaryConv2d", [xp, wp, scale, bias, res[:1]], dict(base, out="float", residual=1))
+    with pytest.raises(QCompilerError, match="needs the float epilogue"):
+        ref.run_single("BinaryConv2d", [xp, wp, res], dict(base, out="int32", residual=1))
+    with pytest.raises(QCompilerError, match="BinaryDense"):
+        ref.run_single("BinaryDense", [bits.pack_sign(pm1((2, 8)), 8), bits.pack_sign(pm1((3, 8)), 8),
+                                       scale[:3], bias[:3], res[:, :3, 0, 0]],
+                       dict(in_features=8, out="float", residual=1))
+
+
 @pytest.mark.parametrize("k,wb", [(1, 8), (70, 32), (129, 64)])
 def test_binary_dense_popcount_formula(k, wb):
     x, w = pm1((3, k)), pm1((5, k))

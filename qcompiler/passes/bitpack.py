@@ -140,7 +140,8 @@ def _fuse_epilogue(g: Graph) -> bool:
         channels, rank = x.shape[1], len(x.shape)
         chain = trace_back(g, pack.inputs[0], channels, rank, fusable=True)
         prod = producer_of(g, chain.start)
-        if prod is None or prod.op not in PACKED_PRODUCERS or prod.attrs.get("out") not in ("float", "int32"):
+        if (prod is None or prod.op not in PACKED_PRODUCERS or prod.attrs.get("out") not in ("float", "int32")
+                or int(prod.attrs.get("residual", 0))):   # a fused residual is no per-channel threshold
             continue
         if sole_consumer(g, chain.start) is not (chain.nodes[0] if chain.nodes else pack):
             continue

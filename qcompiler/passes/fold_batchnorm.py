@@ -36,8 +36,8 @@ _FLOAT_EPILOGUE_OPS = ("BinaryConv2d", "BinaryDense", "BitserialConv2d", "Bitser
 
 def _fold_into_epilogue(g: Graph, layer, s: np.ndarray, t: np.ndarray) -> bool:
     """``BN(acc * scale + bias) = acc * (scale * s) + (bias * s + t)``: rewrite the epilogue vectors."""
-    if layer.attrs.get("out") != "float" or len(layer.inputs) < 4:
-        return False
+    if layer.attrs.get("out") != "float" or len(layer.inputs) < 4 or int(layer.attrs.get("residual", 0)):
+        return False                  # (a fused residual add is not per-channel affine)
     scale, bias = g.const(layer.input(2)), g.const(layer.input(3))
     if scale is None or bias is None or scale.shape != s.shape or bias.shape != s.shape:
         return False

@@ -86,6 +86,7 @@ def _binary(graph: Graph, config: QuantConfig, word_bits: int, batches=None) -> 
     from ..passes.binarize import binarize
     from ..passes.bitpack import bitpack
     from ..passes.fold_batchnorm import fold_batchnorm
+    from ..passes.fuse_residual import fuse_residual
 
     keep = config.keep_first_last is not None
     # A binary-trained net says where its sign activations are (STE patterns): binarize exactly
@@ -97,7 +98,9 @@ def _binary(graph: Graph, config: QuantConfig, word_bits: int, batches=None) -> 
                     "input by sign (XNOR-Net, approximate: retrain with an STE for accuracy)")
         g = binarize(graph, keep_first_last=keep, binarize_all=True, word_bits=word_bits)
     g = fold_batchnorm(bitpack(g, word_bits=word_bits))
-    return _binary_ends(g, graph, config, batches)
+    # last: the residual Adds fold into the binary convs' float epilogues (bit-identical); after
+    # the int8 ends, whose calibration and rewrites see the plain graph
+    return fuse_residual(_binary_ends(g, graph, config, batches))
 
 
 def _binary_ends(g: Graph, graph: Graph, config: QuantConfig, batches) -> Graph:

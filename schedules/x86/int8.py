@@ -40,6 +40,39 @@ A ``tile_p`` that divides the pixels (rows) leaves no clamped last tile (6 on 19
 198, on 64 rows 66), which beats the larger tile down to half the accumulators: ``tile_p`` is the
 largest divisor of the pixel count in [top/2, top], else top (top = 24 accumulators / vectors).
 Before the rework the same run gave 6x4 0.534 ms and 12x2 0.645 ms on the two convs.
+
+``lane_over`` (what a 32-bit lane groups; ``compute_int8_fast``): ``"c"`` puts ``group`` input
+channels of one tap in a lane, so a 3-channel conv pads every tap to 4 (VNNI) or 2 x 2 (vpmaddwd);
+``"kc"`` packs the image NHWC and a lane holds ``group`` consecutive (kx, c) of a window row
+(``KH * ceil(KW * C / group)`` steps); ``"window"`` packs, per output row, the KH input rows it reads
+interleaved per column, and a lane holds consecutive (kx, ky, c) of the whole window
+(``ceil(KH * KW * C / group)`` steps; the pack is KH / stride copies of the image). Measured (1
+thread, int8 fixed-point output, each row's knob sets interleaved in one process, median of
+~20 x 5 calls; ``tile_p x vectors`` the default's):
+
+==========================================  =======  ==========  ==========  ==============
+workload                                    ISA      ``c``       ``kc``      ``window``
+                                                     steps ms    steps ms    steps ms
+==========================================  =======  ==========  ==========  ==============
+stem 3x224x224->64 7x7/2 pad 3, 4x4         vnni512  49 0.924    42 0.840    37 0.794
+  same, window tiles 8x2 / 16x1 / 6x4       vnni512                          **0.758** / 0.764 / 0.849
+stem, 4x4 (another run)                     madd512  98 1.705    77 1.357    74 1.343
+stem, window 8x2 vs 4x4 (another run)       madd512                          **1.337** / 1.383
+stem, 4x2                                   madd256  98 1.871    77 1.506    (74 1.385, vs kc 1.397)
+3x3/2 C=3 224x224->32 pad 1, 8x2            vnni512  9 0.186     9 0.188     **7 0.175**
+3x3 C=3 56x56->32 pad 1, 8x2                vnni512  9 0.053     9 0.053     **7 0.044**
+3x3 C=1 28x28->32 pad 1, 8x2                vnni512  9 0.013     **3 0.011** 3 0.011
+5x5 C=1 28x28->32 pad 2, 8x2                vnni512              10 0.014    **7 0.013**
+5x5 C=1 64x64->32 pad 2, 8x2                vnni512  25 0.177    10 0.147    7 0.159
+==========================================  =======  ==========  ==========  ==============
+
+So the default (``lane_over``) is the fewest steps, ties to the smaller pack (c, kc, window), and
+kc / window tiles keep 2 vectors (8x2 beat 4x4 by 4-5 % on the stem for window, ~2 % for kc, 3 %
+on madd512). The time is not proportional to the steps: the epilogue and stores stay (the stem's
+fixed-point requantization: float requantization measured 0.09 ms less on the same kernel), and the
+packs cost (stem: c 0.004 ms, kc 0.021, window 0.035; 5x5 C=1 64x64: 0.0003 / 0.0003 / 0.005, there
+window loses to kc; that layer's 32 output planes of 4096 bytes also alias in L1: it runs 2x the time
+per pixel of the 28x28 one).
 """
 
 from __future__ import annotations
@@ -84,15 +117,36 @@ def _isa(cfg: dict) -> F.DotIsa:
         raise UnsupportedError(f"unknown int8 dot ISA {cfg.get('isa')!r}; known: {sorted(ISAS)}") from None
 
 
+def reduction_steps(s: F.DotShape, isa: F.DotIsa, lanes_over: str) -> int:
+    """32-bit lanes per output pixel (the dot stage's reduction steps) of each ``lane_over``."""
+    if lanes_over == "window":
+        return ceil_div(s.kh * s.kw * s.cg, isa.group)
+    if lanes_over == "kc":
+        return s.kh * ceil_div(s.kw * s.cg, isa.group)
+    return s.kh * s.kw * ceil_div(s.cg, isa.group)
+
+
+def lane_over(s: F.DotShape, isa: F.DotIsa) -> str:
+    """The ``lane_over`` with the fewest reduction steps, ties to the smaller pack (c, kc, window):
+    the 7x7 C=3 stem takes ``"window"`` (37 steps vs kc 42, c 49 on VNNI), 3x3 C=3 ``"window"`` (7 vs
+    9, 9), 3x3 C=1 ``"kc"`` (3, tied with window; c 9); many channels ``"c"`` (module docstring)."""
+    if s.dense or s.groups != 1 or s.dw != 1 or s.cg > F.KC_MAX_CHANNELS:
+        return "c"
+    candidates = ("c", "kc", "window") if s.kh * s.cg <= F.WINDOW_MAX_COLUMN else ("c", "kc")
+    return min(candidates, key=lambda lo: reduction_steps(s, isa, lo))
+
+
 def default_config(wl: Workload, target) -> dict:
     name = isa_for(wl, target)
     isa = ISAS[name]
     s = F.dot_shape(wl)
     regs = 32 if isa.lanes == 16 or target.has("avx512") else 16
-    step_bytes = ceil_div(s.cg, isa.group) * s.kh * s.kw * isa.lanes * isa.group * (2 if isa.scheme == "s16" else 1)
+    lanes_over = lane_over(s, isa)
+    step_bytes = reduction_steps(s, isa, lanes_over) * isa.lanes * isa.group * (2 if isa.scheme == "s16" else 1)
     fits_l1 = step_bytes * 2 <= L1_WEIGHT_BUDGET
     vectors = 1
-    for v in (4, 2):
+    # short reductions (kc / window lanes): 2 vectors x more pixels measured faster (docstring)
+    for v in ((4, 2) if lanes_over == "c" else (2,)):
         wasted = ceil_div(s.og, v * isa.lanes) * v * isa.lanes - s.og
         if wasted < isa.lanes and (not fits_l1 or step_bytes * v <= L1_WEIGHT_BUDGET) and 2 * v <= regs // 4:
             vectors = v
@@ -102,7 +156,7 @@ def default_config(wl: Workload, target) -> dict:
     # a tile that divides the pixels (rows) wastes no clamped last tile: worth down to half the
     # accumulators (conv 14x14: 4 beats 6, 56x56: 8 beats 12, dense M64: 4 beats 6)
     tile_p = next((t for t in range(top, max(1, top // 2) - 1, -1) if s.pixels % t == 0), top)
-    return {"isa": name, "tile_p": tile_p, "vectors": vectors, "parallel": True}
+    return {"isa": name, "tile_p": tile_p, "vectors": vectors, "parallel": True, "lane_over": lanes_over}
 
 
 def plan(wl: Workload, cfg: dict):

@@ -24,6 +24,11 @@ Epilogues (attribute ``out`` of every conv/dense op below; extra inputs follow t
 * ``"int32"``: ``y = acc``. No extra inputs.
 * ``"float"``: extra inputs ``scale: float32[O]``, ``bias: float32[O]``;
   ``y = float32(acc) * scale[o] + bias[o]`` computed in float32 (multiply, then add; no FMA).
+  Fused residual add (BinaryConv2d / BitserialConv2d only, built by ``passes/fuse_residual.py``):
+  with attr ``residual=1`` a third extra input ``residual: float32`` of the output's shape (NCHW)
+  follows, and ``y = (float32(acc) * scale[o] + bias[o]) + residual`` -- the unfused graph's
+  epilogue then its float ``Add``, each step rounded to float32 in that order (no FMA), so the
+  fused node is bit-identical to the unfused pair.
 * ``"int8"`` / ``"uint8"``: requantization; attrs ``out_zero_point``, ``out_min``, ``out_max``
   (the clamp range, which also fuses ReLU/ReLU6) and ``requant``:
     - ``"fixed_point"`` (integer-only): extra inputs ``multiplier: int32[O]`` (in [2^30, 2^31)) and
@@ -145,6 +150,10 @@ def _check_dtype(arr: np.ndarray, allowed: Sequence[str], what: str) -> None:
 def epilogue_arity(attrs: dict) -> int:
     """How many extra inputs the node's ``out`` epilogue takes."""
     out = _attr(attrs, "out")
+    if int(attrs.get("residual", 0)):
+        if out != "float":
+            raise UnsupportedError(f"residual=1 needs the float epilogue, got out={out!r}")
+        return EPILOGUE_INPUTS["float"] + 1
     if out in EPILOGUE_INPUTS:
         return EPILOGUE_INPUTS[out]
     if out in ("int8", "uint8"):
@@ -153,6 +162,16 @@ def epilogue_arity(attrs: dict) -> int:
             raise UnsupportedError(f"requant must be one of {sorted(REQUANT_INPUTS)}, got {mode!r}")
         return REQUANT_INPUTS[mode]
     raise UnsupportedError(f"out must be one of int32/float/int8/uint8/packed, got {out!r}")
+
+
+#: ops whose float epilogue takes the fused residual input (attr ``residual``)
+RESIDUAL_OPS = ("BinaryConv2d", "BitserialConv2d")
+
+
+def _no_residual(attrs: dict, opname: str) -> None:
+    if int(attrs.get("residual", 0)):
+        raise UnsupportedError(f"{opname}: the fused residual epilogue (residual=1) is defined for "
+                               f"{'/'.join(RESIDUAL_OPS)} only")
 
 
 def _epilogue_args(inputs: List[Optional[np.ndarray]], start: int, attrs: dict) -> List[np.ndarray]:
@@ -187,14 +206,22 @@ def apply_epilogue(acc: np.ndarray, extra: List[np.ndarray], attrs: dict) -> np.
     if out == "int32":
         return acc.astype(np.int32)
     if out == "float":
-        scale, bias = (np.asarray(e) for e in extra)
+        scale, bias = (np.asarray(e) for e in extra[:2])
         for name, arr in (("scale", scale), ("bias", bias)):
             _check_dtype(arr, ("float32",), f"epilogue {name}")
             if arr.shape != (channels,):
                 raise ShapeError(f"epilogue {name} must have shape [{channels}], got {list(arr.shape)}")
         shape = (1, channels) + (1,) * (acc.ndim - 2)
         y = acc.astype(np.float32) * scale.reshape(shape)
-        return (y + bias.reshape(shape)).astype(np.float32)
+        y = (y + bias.reshape(shape)).astype(np.float32)
+        if len(extra) == 3:  # fused residual add, after the epilogue's rounding (see the contract)
+            res = np.asarray(extra[2])
+            _check_dtype(res, ("float32",), "epilogue residual")
+            if res.shape != acc.shape:
+                raise ShapeError(f"epilogue residual must have the output's shape {list(acc.shape)}, "
+                                 f"got {list(res.shape)}")
+            y = (y + res).astype(np.float32)
+        return y
     if out in ("int8", "uint8"):
         zp, lo, hi = _clamp_range(attrs, out)
         if attrs["requant"] == "fixed_point":
@@ -269,6 +296,7 @@ def _infer_qconv(inputs, attrs):
 @op("QConv2d", infer=_infer_qconv)
 def qconv2d(inputs, attrs):
     """Integer conv with an epilogue (see the module docstring)."""
+    _no_residual(attrs, "QConv2d")
     x, w = inputs[0], inputs[1]
     bias = inputs[2] if len(inputs) > 2 else None
     _qconv_shape(x.shape, w.shape, attrs)
@@ -295,6 +323,7 @@ def _infer_qdense(inputs, attrs):
 @op("QDense", infer=_infer_qdense)
 def qdense(inputs, attrs):
     """Integer dense ``x @ w.T`` with an epilogue."""
+    _no_residual(attrs, "QDense")
     x, w = inputs[0], inputs[1]
     bias = inputs[2] if len(inputs) > 2 else None
     _qdense_shape(x.shape, w.shape)
@@ -424,6 +453,7 @@ def _infer_binary_dense(inputs, attrs):
 @op("BinaryDense", infer=_infer_binary_dense)
 def binary_dense(inputs, attrs):
     """Dense product of packed {-1,+1} rows: ``acc = K - 2 * popcount(x ^ w)``."""
+    _no_residual(attrs, "BinaryDense")
     x, w = inputs[0], inputs[1]
     _dense_check(x.shape, w.shape, "BinaryDense", None)
     k = int(_attr(attrs, "in_features"))
@@ -472,6 +502,7 @@ def _infer_bitserial_dense(inputs, attrs):
 @op("BitserialDense", infer=_infer_bitserial_dense)
 def bitserial_dense(inputs, attrs):
     """Dense product of unsigned k-bit codes with decoded weights ``w_mult * u - w_offset``."""
+    _no_residual(attrs, "BitserialDense")
     x, w = inputs[0], inputs[1]
     ab, wbits, mult, off = _bitserial_attrs(attrs)
     _dense_check(x.shape, w.shape, "BitserialDense", (ab, wbits))
