@@ -17,6 +17,10 @@ correction computed at compile time from the weights removes what the padded tap
 ``taps * C`` and the correction of the border class ``(rc, cc)`` of the output pixel. Border classes:
 rows ``0..T-1`` have their own class, interior rows share class ``T``, the last ``B`` rows their own
 (same for columns), so the table is ``[T+1+B, L+1+R, O]`` and small.
+
+Fused residual add (conv ``out="float"`` with ``residual=1``): the residual is a runtime input
+(``ep_residual``, NCHW float32, node input 4), added after the epilogue's rounding in a stage of its
+own (``out = out_epi + residual``) that the schedule stages or inlines (``lowbit_tiling``).
 """
 
 from __future__ import annotations
