@@ -13,7 +13,9 @@
    become BinaryConv2d / BinaryDense on packed bits, and bitpack folds each BatchNorm + sign into an exact integer
    threshold, so consecutive binary layers exchange packed words (PackedMaxPool in between).
 4. Check on held-out images that the reference executor (the semantics the compiled kernels
-   reproduce bit for bit) predicts exactly what PyTorch predicts.
+   reproduce bit for bit) predicts what PyTorch predicts on every image, except that an image with
+   a sign input within float32 rounding (1e-5) of 0 may differ (PyTorch's float BatchNorm can round
+   it to either sign; training is not bit-deterministic, so a few such images appear in some runs).
 """
 
 from __future__ import annotations
@@ -53,15 +55,39 @@ def main(argv=None) -> dict:
     print(qgraph)
 
     ours = np.concatenate([ref.run(qgraph, b)[qgraph.outputs[0]].argmax(1) for b in batches(xte)])  # step 4
-    with torch.no_grad():
-        theirs = model(torch.from_numpy(xte)).argmax(1).numpy()
-    result = {"accuracy": float(np.mean(ours == yte)), "agree": int(np.sum(ours == theirs)), "images": len(yte),
-              "ops": [n.op for n in qgraph.nodes]}
+    theirs, ties = torch_predictions(torch, model, xte)
+    same = ours == theirs
+    result = {"accuracy": float(np.mean(ours == yte)), "agree": int(np.sum(same)), "images": len(yte),
+              "ties": int(np.sum(ties)), "ops": [n.op for n in qgraph.nodes]}
     print(f"top-1 {100 * result['accuracy']:.2f} %; same prediction as PyTorch on "
-          f"{result['agree']}/{result['images']} images")
-    if result["agree"] != result["images"] or "BinaryConv2d" not in result["ops"]:
+          f"{result['agree']}/{result['images']} images ({result['ties']} with a sign input within float "
+          f"rounding of 0)")
+    if not np.all(same | ties) or "BinaryConv2d" not in result["ops"]:
         raise SystemExit("the packed binary graph does not reproduce PyTorch's predictions")
     return result
+
+
+def torch_predictions(torch, model, x, tie: float = 1e-5):
+    """PyTorch's predictions, and which images have a sign input within ``tie`` of 0.
+
+    The integer graph folds BatchNorm + sign into exact thresholds; PyTorch computes BN in float32,
+    so a pre-activation within rounding of 0 may take either sign there. Only such images may
+    differ, and few models have any.
+    """
+    closest = np.full(len(x), np.inf)
+
+    def record(module, inputs, output):
+        a = inputs[0].detach().abs().reshape(len(x), -1).min(1).values.numpy()
+        np.minimum(closest, a, out=closest)
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if type(m).__name__ == "SignSTE"]
+    try:
+        with torch.no_grad():
+            pred = model(torch.from_numpy(x)).argmax(1).numpy()
+    finally:
+        for h in hooks:
+            h.remove()
+    return pred, closest < tie
 
 
 if __name__ == "__main__":
