@@ -268,6 +268,27 @@ def check_supported(s: DotShape, isa: DotIsa) -> None:
         raise UnsupportedError(f"channels {s.c}->{s.o} are not divisible by groups {s.groups}")
 
 
+def reduction_steps(s: DotShape, isa: DotIsa, lanes_over: str) -> int:
+    """32-bit lanes per output pixel (the dot stage's reduction steps) of each ``lane_over``."""
+    if lanes_over == "window":
+        return ceil_div(s.kh * s.kw * s.cg, isa.group)
+    if lanes_over == "kc":
+        return s.kh * ceil_div(s.kw * s.cg, isa.group)
+    return s.kh * s.kw * ceil_div(s.cg, isa.group)
+
+
+def default_lane_over(s: DotShape, isa: DotIsa) -> str:
+    """The ``lane_over`` with the fewest reduction steps, ties to the smaller pack (c, kc, window):
+    with 4 bytes per lane the 7x7 C=3 stem takes ``"window"`` (37 steps vs kc 42, c 49), 3x3 C=3
+    ``"window"`` (7 vs 9, 9), 3x3 C=1 ``"kc"`` (3, tied with window; c 9); many channels, groups,
+    horizontal dilation, dense and one element per lane (``s16mla``: every choice ties) ``"c"``
+    (measurements in ``schedules/x86/int8.py`` and ``schedules/arm/int8.py``)."""
+    if s.dense or s.groups != 1 or s.dw != 1 or s.cg > KC_MAX_CHANNELS:
+        return "c"
+    candidates = ("c", "kc", "window") if s.kh * s.cg <= WINDOW_MAX_COLUMN else ("c", "kc")
+    return min(candidates, key=lambda lo: reduction_steps(s, isa, lo))
+
+
 def x_zero_unsigned(s: DotShape) -> int:
     """The activation zero point in the kernel's activation domain (u8s8: unsigned bytes)."""
     return s.x_zero_point + (128 if s.x_dtype == "int8" else 0)

@@ -5,7 +5,8 @@ kernel selection (no generic int8 conv / dense on ARM).
 
 One graph per target holds every case (QConv2d with C = 3 / 70, stride 2, padding at every border,
 int8 and uint8 activations, zero points, a nonzero weight zero point, int32 / float / fixed-point and
-float requantization, groups 2 with dilation, a 1x1 stride-2 conv that reads 15 of 16 columns;
+float requantization, groups 2 with dilation, a 1x1 stride-2 conv that reads 15 of 16 columns, a
+7x7/2 C=3 stem and a 3x3 C=1 (on sdot: lane_over window / kc, checked in the manifest);
 QDense with M = 1 and M > 1 and odd K), so a target costs one compile and one emulated run (2
 threads). Other tiles / ISAs through the tuning override are the slow tests.
 """
@@ -36,6 +37,8 @@ ARM = {
     "rpi4": ("smlal", {"smlal", "smlal2"}, {"sdot"}),
     "rpi3-armv7": ("smlal", {"vmlal.s16"}, set()),
 }
+#: graph input -> the default lane_over of the sdot conv reading it (every other layer, and smlal: "c")
+LANE_OVER_SDOT = {"x3": "window", "xs": "window", "x1": "kc"}
 DOT_KERNELS = re.compile(r"kernel_\w*_(qconv2d_dot|qdense_dot)_")
 
 
@@ -110,6 +113,10 @@ def int8_graph(seed=0):
     _qconv(net, xb, 9, (1, 1), (1, 1), (0, 0, 0, 0), 3, -2, True, "fixed_uint8")   # w_zero_point != 0
     # 1x1 stride 2 on an even width reads 15 of 16 columns (the pack stage once overran its planes)
     _qconv(net, _x(net, "x16", (1, 24, 16, 16), np.uint8), 32, (1, 1), (2, 2), (0, 0, 0, 0), 9, 0, True, "int32")
+    # few input channels: on sdot the lanes group (kx, c) / the whole window (lane_over kc / window,
+    # LANE_OVER_SDOT): the 7x7/2 C=3 stem with padding 3 and a 3x3 C=1 (x3's 3x3/2 above: window)
+    _qconv(net, _x(net, "xs", (1, 3, 19, 18), np.uint8), 24, (7, 7), (2, 2), (3, 3, 3, 3), 11, 0, True, "fixed_int8")
+    _qconv(net, _x(net, "x1", (1, 1, 10, 11), np.int8), 8, (3, 3), (1, 1), (1, 1, 1, 1), -7, 0, True, "float")
     # groups 2 (odd channels per group) with dilation
     _qconv(net, x70, 22, (3, 3), (1, 1), (2, 1, 0, 2), 6, 0, False, "fixed_int8", groups=2, dilations=(2, 1))
     # dense: M = 1 and M > 1, odd K
@@ -150,13 +157,17 @@ def test_int8_dot_kernels_are_selected(target, built):
     ops = {n.name: n for n in graph.nodes}
     isa = ARM[target][0]
     layers = [r for r in manifest["layers"] if ops[r["node"]].op in ("QConv2d", "QDense")]
-    assert len(layers) == 11, manifest["layers"]
+    assert len(layers) == 13, manifest["layers"]
     for rec in layers:
         node = ops[rec["node"]]
         kind = "qconv2d_dot" if node.op == "QConv2d" else "qdense_dot"
         assert rec["impl"] == f"{kind}__arm", rec
         want = "smlal" if node.attrs["w_zero_point"] else isa
         assert rec["config"]["isa"] == want, rec
+        lanes = LANE_OVER_SDOT.get(node.inputs[0], "c") if want == "sdot" else "c"
+        assert rec["config"]["lane_over"] == lanes, rec
+    if isa == "sdot":   # the few-channel convs really left "c"
+        assert sum(r["config"]["lane_over"] != "c" for r in layers) == len(LANE_OVER_SDOT)
 
 
 def _mnemonics(module_dir, target):
@@ -199,6 +210,35 @@ def test_no_generic_int8_conv_or_dense_on_arm(target):
         assert cfg["isa"] == ("sdot" if t.has("dotprod") else "smlal")
 
 
+def _conv_wl(c, o, k, strides, pads, groups=1, dilations=(1, 1), w_zero_point=0):
+    g = single_node_graph("QConv2d", [(np.zeros((1, c, 16, 16), np.uint8), False),
+                                      (np.ones((o, c // groups) + k, np.int8), True), (None, False)],
+                          {"strides": strides, "pads": pads, "dilations": dilations, "groups": groups,
+                           "x_zero_point": 0, "w_zero_point": w_zero_point, "out": "int32"})
+    return workload_of(g, g.nodes[0])
+
+
+@pytest.mark.parametrize("case,want", [
+    ((3, 64, (7, 7), (2, 2), (3, 3, 3, 3)), "window"),               # stem: 37 steps vs kc 42, c 49
+    ((1, 32, (3, 3), (1, 1), (1, 1, 1, 1)), "kc"),                   # 3 steps, tied with window; c 9
+    ((3, 8, (3, 3), (1, 1), (2, 1, 2, 1), 1, (2, 1)), "window"),     # vertical dilation is taken
+    ((6, 6, (3, 3), (1, 1), (1, 1, 1, 1), 2), "c"),                  # groups
+    ((3, 8, (3, 3), (1, 1), (1, 2, 1, 2), 1, (1, 2)), "c"),          # horizontal dilation
+    ((17, 8, (3, 3), (1, 1), (1, 1, 1, 1)), "c"),                    # > KC_MAX_CHANNELS
+    ((16, 8, (3, 3), (1, 1), (1, 1, 1, 1)), "c"),                    # c lanes waste nothing
+    ((3, 8, (7, 7), (2, 2), (3, 3, 3, 3), 1, (1, 1), 2), "c"),       # w_zero_point != 0: smlal
+], ids=["stem", "3x3c1", "dilh", "groups", "dilw", "c17", "c16", "wzp"])
+def test_default_lane_over_on_arm(case, want):
+    """Selection only: sdot (rpi5) takes the fewest-step lane_over; refusals and smlal stay on "c"."""
+    wl = _conv_wl(*case)
+    for target in ("rpi5", "rpi4", "rpi3-armv7"):
+        t = get_target(target)
+        cfg = select(wl, t).impl.config_for(wl, t)
+        sdot = target == "rpi5" and wl.attr("w_zero_point") == 0
+        assert cfg["isa"] == ("sdot" if sdot else "smlal"), (target, cfg)
+        assert cfg["lane_over"] == (want if sdot else "c"), (target, cfg)
+
+
 class _Knobs:
     """Tuning override: the same knobs for every int8 dot kernel."""
 
@@ -226,5 +266,6 @@ def test_int8_dot_knobs_bit_exact_under_qemu(target, knobs, tmp_path):
             graph.outputs.remove(n.outputs[0])
     module = _compile(graph, target, tmp_path / "m", tuning=_Knobs(knobs))
     dots = [r for r in module.manifest["layers"] if r["impl"].endswith("_dot__arm")]
-    assert len(dots) == len(graph.nodes) and all(r["config"] == knobs for r in dots), dots
+    # knobs not overridden (lane_over) keep the default's
+    assert len(dots) == len(graph.nodes) and all({k: r["config"][k] for k in knobs} == knobs for r in dots), dots
     _run_and_compare(tmp_path / "m", graph, feeds)

@@ -66,7 +66,8 @@ stem, 4x2                                   madd256  98 1.871    77 1.506    (74
 5x5 C=1 64x64->32 pad 2, 8x2                vnni512  25 0.177    10 0.147    7 0.159
 ==========================================  =======  ==========  ==========  ==============
 
-So the default (``lane_over``) is the fewest steps, ties to the smaller pack (c, kc, window), and
+So the default (``compute_int8_fast.default_lane_over``, shared with ARM) is the fewest steps, ties to
+the smaller pack (c, kc, window), and
 kc / window tiles keep 2 vectors (8x2 beat 4x4 by 4-5 % on the stem for window, ~2 % for kc, 3 %
 on madd512). The time is not proportional to the steps: the epilogue and stores stay (the stem's
 fixed-point requantization: float requantization measured 0.09 ms less on the same kernel), and the
@@ -117,32 +118,13 @@ def _isa(cfg: dict) -> F.DotIsa:
         raise UnsupportedError(f"unknown int8 dot ISA {cfg.get('isa')!r}; known: {sorted(ISAS)}") from None
 
 
-def reduction_steps(s: F.DotShape, isa: F.DotIsa, lanes_over: str) -> int:
-    """32-bit lanes per output pixel (the dot stage's reduction steps) of each ``lane_over``."""
-    if lanes_over == "window":
-        return ceil_div(s.kh * s.kw * s.cg, isa.group)
-    if lanes_over == "kc":
-        return s.kh * ceil_div(s.kw * s.cg, isa.group)
-    return s.kh * s.kw * ceil_div(s.cg, isa.group)
-
-
-def lane_over(s: F.DotShape, isa: F.DotIsa) -> str:
-    """The ``lane_over`` with the fewest reduction steps, ties to the smaller pack (c, kc, window):
-    the 7x7 C=3 stem takes ``"window"`` (37 steps vs kc 42, c 49 on VNNI), 3x3 C=3 ``"window"`` (7 vs
-    9, 9), 3x3 C=1 ``"kc"`` (3, tied with window; c 9); many channels ``"c"`` (module docstring)."""
-    if s.dense or s.groups != 1 or s.dw != 1 or s.cg > F.KC_MAX_CHANNELS:
-        return "c"
-    candidates = ("c", "kc", "window") if s.kh * s.cg <= F.WINDOW_MAX_COLUMN else ("c", "kc")
-    return min(candidates, key=lambda lo: reduction_steps(s, isa, lo))
-
-
 def default_config(wl: Workload, target) -> dict:
     name = isa_for(wl, target)
     isa = ISAS[name]
     s = F.dot_shape(wl)
     regs = 32 if isa.lanes == 16 or target.has("avx512") else 16
-    lanes_over = lane_over(s, isa)
-    step_bytes = reduction_steps(s, isa, lanes_over) * isa.lanes * isa.group * (2 if isa.scheme == "s16" else 1)
+    lanes_over = F.default_lane_over(s, isa)
+    step_bytes = F.reduction_steps(s, isa, lanes_over) * isa.lanes * isa.group * (2 if isa.scheme == "s16" else 1)
     fits_l1 = step_bytes * 2 <= L1_WEIGHT_BUDGET
     vectors = 1
     # short reductions (kc / window lanes): 2 vectors x more pixels measured faster (docstring)
