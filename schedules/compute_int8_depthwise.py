@@ -142,20 +142,45 @@ def plan(wl: Workload, cfg: dict) -> Plan:
             raise UnsupportedError(f"int8 depthwise with int16 operands: x_zero_point {s.x_zero_point} / "
                                    f"w_zero_point {s.w_zero_point} put x - zp or w - zp outside int16")
     name = f"dww_z{s.w_zero_point}" if op == "int32" else f"dww_{op}_z{s.w_zero_point}"
-    args = [Arg("input", 0, wl.inputs[0]),
-            Arg("const", 1, TensorSpec((s.o, s.kh, s.kw), op, True), name,
-                lambda ins, s=s, op=op: pack_weights(ins[1], s, op))]
+    return weights_plan(wl, Arg("const", 1, TensorSpec((s.o, s.kh, s.kw), op, True), name,
+                                lambda ins, s=s, op=op: pack_weights(ins[1], s, op)))
+
+
+def weights_plan(wl: Workload, weights: Arg) -> Plan:
+    """The input, the packed ``weights``, the bias / epilogue inputs, the output (the depthwise
+    kernels here and in x86/int8_depthwise_cl.py)."""
+    args = [Arg("input", 0, wl.inputs[0]), weights]
     args += [Arg("input", i, spec) for i, spec in enumerate(wl.inputs) if i >= 2 and spec is not None]
     args.append(Arg("output", 0, wl.outputs[0]))
     return Plan(tuple(args))
+
+
+def epilogue_and_bias(wl: Workload, plan_: Plan, ins):
+    """In an extern's ``fcompute``: the requantization epilogue over the extern's inputs ``ins``
+    and the bias buffer (None without a bias)."""
+    from .compute_int8 import make_epilogue
+
+    by_pos = {pos: ins[k] for k, pos in enumerate(p for p, a in enumerate(plan_.args) if a.kind != "output")}
+    bias = next((by_pos[p] for p, a in enumerate(plan_.args) if a.kind == "input" and a.index == 2), None)
+    return make_epilogue(wl, plan_, by_pos), bias
+
+
+def extern_stages(wl: Workload, plan_: Plan, fcompute, name: str) -> Stages:
+    """The kernel as one ``te.extern`` stage ``name`` over the plan's inputs and consts."""
+    from tvm import te
+
+    ph = {pos: te.placeholder(a.spec.shape, a.spec.dtype, name=f"arg{pos}")
+          for pos, a in enumerate(plan_.args) if a.kind != "output"}
+    inputs = [ph[pos] for pos in sorted(ph)]
+    out = te.extern(wl.outputs[0].shape, inputs, fcompute, name=name, dtype=wl.outputs[0].dtype)
+    args = [ph[pos] if a.kind != "output" else out for pos, a in enumerate(plan_.args)]
+    return Stages(args, {"out": out})
 
 
 def _kernel(wl: Workload, plan_: Plan, s: DwShape, dc: DwConfig):
     from tvm import tirx
     from tvm.script import tirx as T
     from tvm.script.ir_builder import IRBuilder
-
-    from .compute_int8 import make_epilogue
 
     L = dc.lanes
     J = _cols(s, L)
@@ -170,9 +195,7 @@ def _kernel(wl: Workload, plan_: Plan, s: DwShape, dc: DwConfig):
     zp = tirx.const(s.x_zero_point, od)
 
     def fcompute(ins, outs):
-        by_pos = {pos: ins[k] for k, pos in enumerate(p for p, a in enumerate(plan_.args) if a.kind != "output")}
-        epi = make_epilogue(wl, plan_, by_pos)
-        bias = next((by_pos[p] for p, a in enumerate(plan_.args) if a.kind == "input" and a.index == 2), None)
+        epi, bias = epilogue_and_bias(wl, plan_, ins)
         x, wt = ins[0], ins[1]
         loop = T.parallel if dc.parallel else T.serial
         with IRBuilder() as ib, loop(0, n_jobs) as job:
@@ -286,13 +309,4 @@ def _kernel(wl: Workload, plan_: Plan, s: DwShape, dc: DwConfig):
 
 
 def compute(wl: Workload, plan_: Plan, cfg: dict) -> Stages:
-    from tvm import te
-
-    s = dw_shape(wl)
-    dc = DwConfig.of(cfg)
-    ph = {pos: te.placeholder(a.spec.shape, a.spec.dtype, name=f"arg{pos}")
-          for pos, a in enumerate(plan_.args) if a.kind != "output"}
-    inputs = [ph[pos] for pos in sorted(ph)]
-    out = te.extern(wl.outputs[0].shape, inputs, _kernel(wl, plan_, s, dc), name="dw", dtype=wl.outputs[0].dtype)
-    args = [ph[pos] if a.kind != "output" else out for pos, a in enumerate(plan_.args)]
-    return Stages(args, {"out": out})
+    return extern_stages(wl, plan_, _kernel(wl, plan_, dw_shape(wl), DwConfig.of(cfg)), "dw")

@@ -951,3 +951,28 @@ def compute(wl: Workload, plan_: Plan, cfg: dict, isa: DotIsa) -> Stages:
 
 def schedule(sch, stages: Stages, wl: Workload, target, cfg: dict) -> None:
     """Nothing to do: the tiling, vectorization and parallel loops are in the generated TIR."""
+
+
+def register_dot_kernels(family: str, isas: Dict[str, DotIsa], isa_schedule, default_config,
+                         instructions: str, isa_label: str = "") -> None:
+    """Register ``qconv2d_dot`` / ``qdense_dot`` for ``family`` (x86 and ARM share this glue):
+    plan and compute here with the ISA named by the config's ``isa`` among ``isas``;
+    ``isa_schedule`` checks that ISA against the target."""
+    from .impls import register
+    from .kernel import KernelImpl
+
+    def isa_of(cfg: dict) -> DotIsa:
+        try:
+            return isas[cfg["isa"]]
+        except KeyError:
+            raise UnsupportedError(f"unknown {isa_label}int8 dot ISA {cfg.get('isa')!r}; known: {sorted(isas)}") from None
+
+    def dot_plan(wl: Workload, cfg: dict) -> Plan:
+        return plan(wl, cfg, isa_of(cfg))
+
+    def dot_compute(wl: Workload, plan_: Plan, cfg: dict) -> Stages:
+        return compute(wl, plan_, cfg, isa_of(cfg))
+
+    for kind, what in (("qconv2d_dot", "int8 conv"), ("qdense_dot", "int8 dense")):
+        register(KernelImpl(f"{kind}__{family}", dot_plan, dot_compute, isa_schedule, default_config,
+                            f"{what}, dot-product register tile ({instructions})"), kind, family)

@@ -40,6 +40,11 @@ def supported(wl: Workload) -> str:
         return "a 2-D MaxPool with one output"
     if wl.inputs[0].dtype not in ("float32", "int8", "uint8"):
         return f"dtype {wl.inputs[0].dtype}"
+    return _window_unsupported(wl)
+
+
+def _window_unsupported(wl: Workload) -> str:
+    """"" when the pool window suits the row kernels (2-D, no dilation, stride 1 or 2), else why not."""
     if wl.attr("kernel_shape") is None or len(wl.attr("kernel_shape")) != 2:
         return "no 2-D kernel_shape"
     if tuple(int(d) for d in (wl.attr("dilations") or (1, 1))) != (1, 1):
@@ -139,12 +144,9 @@ def avg_supported(wl: Workload) -> str:
     """"" when :func:`avgpool_rows` handles the AveragePool workload, else why not."""
     if wl.op != "AveragePool" or len(wl.inputs[0].shape) != 4 or wl.inputs[0].dtype != "float32":
         return "a 2-D float32 AveragePool"
-    if wl.attr("kernel_shape") is None or len(wl.attr("kernel_shape")) != 2:
-        return "no 2-D kernel_shape"
-    if tuple(int(d) for d in (wl.attr("dilations") or (1, 1))) != (1, 1):
-        return "dilation != 1"
-    if any(int(s) not in (1, 2) for s in (wl.attr("strides") or (1, 1))):
-        return "strides other than 1 and 2"
+    why = _window_unsupported(wl)
+    if why:
+        return why
     if any(int(p) for p in (wl.attr("pads") or (0, 0, 0, 0))):
         return "padding (the divisor would vary per window)"
     n, c, h, w, kh, kw, sh, sw, pt, pl, oh, ow = _geometry(wl)

@@ -63,6 +63,18 @@ def signs(rng, shape):
     return np.where(rng.random(shape) < 0.5, -1.0, 1.0).astype(np.float32)
 
 
+def conv_case(rng, n, c, h, w, o, k, stride=1, pads=(1, 1, 1, 1), dilation=1, pad_value=0, word_bits=64,
+              groups=1, epi="int32"):
+    """(x, packed weights, epilogue inputs, reference output, workload) of one random BinaryConv2d."""
+    x = pack_sign(signs(rng, (n, c, h, w)), word_bits)
+    wt = pack_weight_sign(signs(rng, (o, c // groups, k, k)), word_bits)
+    ep_attrs, extra = epilogue_case(epi, o, rng, c * k * k)
+    attrs = {"in_channels": c, "groups": groups, "kernel_shape": [k, k], "strides": [stride, stride],
+             "pads": list(pads), "dilations": [dilation, dilation], "pad_value": pad_value, **ep_attrs}
+    ref = run_single("BinaryConv2d", [x, wt] + extra, attrs)[0]
+    return x, wt, extra, ref, conv_workload_from_attrs("BinaryConv2d", x.shape, str(x.dtype), wt.shape, attrs)
+
+
 # (n, c, h, w, o, k, stride, pads, dilation, pad_value, word_bits)
 CONV_CASES = [
     (1, 70, 9, 11, 19, 3, 1, (1, 1, 1, 1), 1, 0, 64),      # C not a multiple of the word, odd sizes
@@ -81,12 +93,7 @@ def test_binary_conv2d_exact(case):
     n, c, h, w, o, k, s, pads, d, pv, wb = case
     target = host_x86_target()
     rng = np.random.default_rng(hash(case) & 0xFFFF)
-    x = pack_sign(signs(rng, (n, c, h, w)), wb)
-    wt = pack_weight_sign(signs(rng, (o, c, k, k)), wb)
-    attrs = {"in_channels": c, "groups": 1, "kernel_shape": [k, k], "strides": [s, s], "pads": list(pads),
-             "dilations": [d, d], "pad_value": pv, "out": "int32"}
-    ref = run_single("BinaryConv2d", [x, wt], attrs)[0]
-    wl = conv_workload_from_attrs("BinaryConv2d", x.shape, str(x.dtype), wt.shape, attrs)
+    x, wt, _, ref, wl = conv_case(rng, n, c, h, w, o, k, s, pads, d, pv, wb)
     got = run_kernel(x86_binary.build_conv2d(wl, target, weights=wt), target, x)
     assert got.dtype == ref.dtype and got.shape == ref.shape
     bad = np.argwhere(got != ref)
@@ -98,13 +105,7 @@ def test_binary_conv2d_epilogues_exact(epi):
     target = host_x86_target()
     rng = np.random.default_rng(7)
     n, c, h, w, o, k = 1, 100, 7, 9, 37, 3
-    x = pack_sign(signs(rng, (n, c, h, w)), 64)
-    wt = pack_weight_sign(signs(rng, (o, c, k, k)), 64)
-    ep_attrs, extra = epilogue_case(epi, o, rng, c * k * k)
-    attrs = {"in_channels": c, "groups": 1, "kernel_shape": [k, k], "strides": [1, 1], "pads": [1, 1, 1, 1],
-             "dilations": [1, 1], "pad_value": 0, **ep_attrs}
-    ref = run_single("BinaryConv2d", [x, wt] + extra, attrs)[0]
-    wl = conv_workload_from_attrs("BinaryConv2d", x.shape, str(x.dtype), wt.shape, attrs)
+    x, wt, extra, ref, wl = conv_case(rng, n, c, h, w, o, k, epi=epi)
     got = run_kernel(x86_binary.build_conv2d(wl, target, weights=wt, epilogue_inputs=extra), target, x)
     assert got.dtype == ref.dtype and got.shape == ref.shape
     np.testing.assert_array_equal(got, ref)
@@ -114,12 +115,7 @@ def test_binary_conv2d_groups_exact():
     target = host_x86_target()
     rng = np.random.default_rng(3)
     n, c, h, w, o, k, g = 1, 128, 6, 7, 32, 3, 2
-    x = pack_sign(signs(rng, (n, c, h, w)), 64)
-    wt = pack_weight_sign(signs(rng, (o, c // g, k, k)), 64)
-    attrs = {"in_channels": c, "groups": g, "kernel_shape": [k, k], "strides": [1, 1], "pads": [1, 1, 1, 1],
-             "dilations": [1, 1], "pad_value": 0, "out": "int32"}
-    ref = run_single("BinaryConv2d", [x, wt], attrs)[0]
-    wl = conv_workload_from_attrs("BinaryConv2d", x.shape, str(x.dtype), wt.shape, attrs)
+    x, wt, _, ref, wl = conv_case(rng, n, c, h, w, o, k, groups=g)
     np.testing.assert_array_equal(run_kernel(x86_binary.build_conv2d(wl, target, weights=wt), target, x), ref)
 
 
@@ -130,12 +126,7 @@ def test_binary_conv2d_configs_exact(cfg):
     target = host_x86_target()
     rng = np.random.default_rng(11)
     n, c, h, w, o, k = 1, 72, 9, 13, 21, 3
-    x = pack_sign(signs(rng, (n, c, h, w)), 64)
-    wt = pack_weight_sign(signs(rng, (o, c, k, k)), 64)
-    attrs = {"in_channels": c, "groups": 1, "kernel_shape": [k, k], "strides": [2, 2], "pads": [1, 1, 1, 1],
-             "dilations": [1, 1], "pad_value": 0, "out": "int32"}
-    ref = run_single("BinaryConv2d", [x, wt], attrs)[0]
-    wl = conv_workload_from_attrs("BinaryConv2d", x.shape, str(x.dtype), wt.shape, attrs)
+    x, wt, _, ref, wl = conv_case(rng, n, c, h, w, o, k, stride=2)
     np.testing.assert_array_equal(run_kernel(x86_binary.build_conv2d(wl, target, cfg, weights=wt), target, x), ref)
 
 
@@ -165,12 +156,7 @@ def test_binary_conv2d_pixel_layout_exact(case):
     n, c, h, w, o, k, s, pads, d, pv, wb = case
     target = host_x86_target()
     rng = np.random.default_rng(hash(case) & 0xFFFF)
-    x = pack_sign(signs(rng, (n, c, h, w)), wb)
-    wt = pack_weight_sign(signs(rng, (o, c, k, k)), wb)
-    attrs = {"in_channels": c, "groups": 1, "kernel_shape": [k, k], "strides": [s, s], "pads": list(pads),
-             "dilations": [d, d], "pad_value": pv, "out": "int32"}
-    ref = run_single("BinaryConv2d", [x, wt], attrs)[0]
-    wl = conv_workload_from_attrs("BinaryConv2d", x.shape, str(x.dtype), wt.shape, attrs)
+    x, wt, _, ref, wl = conv_case(rng, n, c, h, w, o, k, s, pads, d, pv, wb)
     np.testing.assert_array_equal(run_kernel(x86_binary.build_conv2d(wl, target, PIXELS, weights=wt), target, x), ref)
 
 
@@ -180,13 +166,7 @@ def test_binary_conv2d_pixel_layout_default_epilogues_exact(epi):
     target = host_x86_target()
     rng = np.random.default_rng(8)
     n, c, h, w, o, k = 2, 64, 6, 19, 70, 3
-    x = pack_sign(signs(rng, (n, c, h, w)), 64)
-    wt = pack_weight_sign(signs(rng, (o, c, k, k)), 64)
-    ep_attrs, extra = epilogue_case(epi, o, rng, c * k * k)
-    attrs = {"in_channels": c, "groups": 1, "kernel_shape": [k, k], "strides": [1, 1], "pads": [1, 2, 0, 1],
-             "dilations": [1, 1], "pad_value": 0, **ep_attrs}
-    ref = run_single("BinaryConv2d", [x, wt] + extra, attrs)[0]
-    wl = conv_workload_from_attrs("BinaryConv2d", x.shape, str(x.dtype), wt.shape, attrs)
+    x, wt, extra, ref, wl = conv_case(rng, n, c, h, w, o, k, pads=(1, 2, 0, 1), epi=epi)
     kern = x86_binary.build_conv2d(wl, target, weights=wt, epilogue_inputs=extra)
     if target.has("avx512"):
         assert kern.config["layout"] == "pixels"
@@ -197,12 +177,7 @@ def test_binary_conv2d_pixel_layout_groups_exact():
     target = host_x86_target()
     rng = np.random.default_rng(4)
     n, c, h, w, o, k, g = 1, 128, 5, 9, 30, 3, 2
-    x = pack_sign(signs(rng, (n, c, h, w)), 64)
-    wt = pack_weight_sign(signs(rng, (o, c // g, k, k)), 64)
-    attrs = {"in_channels": c, "groups": g, "kernel_shape": [k, k], "strides": [1, 1], "pads": [1, 1, 1, 1],
-             "dilations": [1, 1], "pad_value": 1, "out": "int32"}
-    ref = run_single("BinaryConv2d", [x, wt], attrs)[0]
-    wl = conv_workload_from_attrs("BinaryConv2d", x.shape, str(x.dtype), wt.shape, attrs)
+    x, wt, _, ref, wl = conv_case(rng, n, c, h, w, o, k, pad_value=1, groups=g)
     cfg = PIXELS.replace(o_vectors=4)        # fitted to 3 (divides the 15 channels per group)
     np.testing.assert_array_equal(run_kernel(x86_binary.build_conv2d(wl, target, cfg, weights=wt), target, x), ref)
 

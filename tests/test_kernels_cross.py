@@ -66,7 +66,9 @@ class _Net:
         return name
 
     def node(self, op: str, inputs, attrs: dict) -> str:
-        specs = [(self.g.value(i).shape, self.g.value(i).dtype, self.g.value(i).data) for i in inputs]
+        """Add ``op`` over ``inputs`` ("" = an absent optional input, e.g. no bias)."""
+        specs = [None if not i else (self.g.value(i).shape, self.g.value(i).dtype, self.g.value(i).data)
+                 for i in inputs]
         ((shape, dtype),) = infer_outputs(op, specs, attrs)
         out = self.g.unique_name(op.lower())
         self.g.add_value(Value(out, shape, dtype))
@@ -234,22 +236,22 @@ def _run_and_compare(module_dir, graph, feeds, emulator=None):
     assert not bad, f"{len(bad)} of {len(graph.outputs)} outputs differ from the reference:\n" + "\n".join(bad)
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """target -> (graph, feeds, module dir): the every-op graph compiled once per target."""
+def compiled_per_target(tmp_path_factory, make_graph):
+    """target -> (graph, feeds, module dir, manifest), the graph ``make_graph(target)`` compiled
+    and exported once per target (for a module-scoped fixture); a compile that xfails stays xfailed."""
     cache = {}
 
     def get(target):
         if target not in cache:
             _skip_without(target)
-            graph, feeds = lowbit_graph(requant_float=target != "riscv64-rvv")
+            graph, feeds = make_graph(target)
             path = tmp_path_factory.mktemp(target) / "m"
             try:
-                _compile(graph, target, path)
+                module = _compile(graph, target, path)
             except pytest.xfail.Exception as e:
                 cache[target] = e
                 raise
-            cache[target] = (graph, feeds, path)
+            cache[target] = (graph, feeds, path, module.manifest)
         if isinstance(cache[target], BaseException):
             pytest.xfail(str(cache[target]))
         return cache[target]
@@ -257,30 +259,44 @@ def built(tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """target -> (graph, feeds, module dir, manifest): the every-op graph compiled once per target."""
+    return compiled_per_target(tmp_path_factory,
+                               lambda target: lowbit_graph(requant_float=target != "riscv64-rvv"))
+
+
 @pytest.mark.parametrize("target", CROSS)
 def test_lowbit_ops_bit_exact_under_qemu(target, built):
-    graph, feeds, path = built(target)
+    graph, feeds, path, _ = built(target)
     _run_and_compare(path, graph, feeds)
 
 
 @pytest.mark.parametrize("vlen", [256, 512])
 def test_rvv_kernels_bit_exact_at_wider_vlen(vlen, built):
     """The same riscv64-rvv module on cores with wider vector registers (code built for VLEN >= 128)."""
-    graph, feeds, path = built("riscv64-rvv")
+    graph, feeds, path, _ = built("riscv64-rvv")
     emu = list(get_target("riscv64-rvv").find_emulator())
     emu[emu.index("-cpu") + 1] = f"rv64,v=true,vlen={vlen},zbb=true"
     _run_and_compare(path, graph, feeds, emulator=emu)
 
 
-def _lowbit_mnemonics(module_dir, mattr=None):
+def kernel_mnemonics(module_dir, kernels, min_objects, max_objects=None, mattr=None):
+    """The instruction mnemonics in the module's kernel objects whose names match ``kernels``
+    (between ``min_objects`` and ``max_objects`` of them), disassembled by llvm-objdump."""
     exe = shutil.which("llvm-objdump")
     if exe is None:
         pytest.skip("llvm-objdump is not installed (apt-get install llvm)")
-    objs = sorted(p for p in (module_dir / "objects").glob("kernel_*.o") if LOWBIT_KERNELS.match(p.name))
-    assert len(objs) >= 8, [p.name for p in (module_dir / "objects").iterdir()]
+    objs = sorted(p for p in (module_dir / "objects").glob("kernel_*.o") if kernels.match(p.name))
+    assert min_objects <= len(objs) <= (max_objects or len(objs)), \
+        [p.name for p in (module_dir / "objects").iterdir()]
     cmd = [exe, "-d", "--no-show-raw-insn"] + ([f"--mattr={mattr}"] if mattr else []) + [str(p) for p in objs]
     text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return set(re.findall(r"^\s+[0-9a-f]+:\s+([a-z][a-z0-9.]*)", text, re.M))
+
+
+def _lowbit_mnemonics(module_dir, mattr=None):
+    return kernel_mnemonics(module_dir, LOWBIT_KERNELS, 8, mattr=mattr)
 
 
 #: target -> (objdump --mattr, mnemonics that must appear, mnemonics that must not)
@@ -296,7 +312,7 @@ EXPECTED_ASM = {
 
 @pytest.mark.parametrize("target", CROSS)
 def test_lowbit_kernels_use_the_intended_instructions(target, built):
-    _, _, path = built(target)
+    _, _, path, _ = built(target)
     mattr, must, must_not = EXPECTED_ASM[target]
     ops = _lowbit_mnemonics(path, mattr)
     assert must <= ops, f"{target}: missing {sorted(must - ops)} in the low-bit kernels"

@@ -14,20 +14,17 @@ threads). Other tiles / ISAs through the tuning override are the slow tests.
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
 
 from lowering_helpers import single_node_graph
 from qcompiler.codegen.lower import workload_of
-from qcompiler.ir import Node, Value
-from qcompiler.ref import infer_outputs
 from qcompiler.ref.ops.requant import quantize_multipliers
 from qcompiler.schedules.select import select
 from qcompiler.targets import get_target
-from test_kernels_cross import _compile, _Net, _run_and_compare, _skip_without
+from test_kernels_cross import (_compile, _Net, _run_and_compare, _skip_without, compiled_per_target,
+                                kernel_mnemonics)
 
 pytest.importorskip("tvm")
 
@@ -40,20 +37,6 @@ ARM = {
 #: graph input -> the default lane_over of the sdot conv reading it (every other layer, and smlal: "c")
 LANE_OVER_SDOT = {"x3": "window", "xs": "window", "x1": "kc"}
 DOT_KERNELS = re.compile(r"kernel_\w*_(qconv2d_dot|qdense_dot)_")
-
-
-class _Int8Net(_Net):
-    """``_Net`` with optional inputs ("" = absent, e.g. no bias)."""
-
-    def node(self, op: str, inputs, attrs: dict) -> str:
-        specs = [None if not i else (self.g.value(i).shape, self.g.value(i).dtype, self.g.value(i).data)
-                 for i in inputs]
-        ((shape, dtype),) = infer_outputs(op, specs, attrs)
-        out = self.g.unique_name(op.lower())
-        self.g.add_value(Value(out, shape, dtype))
-        self.g.add_node(Node(op, self.g.unique_name("n"), list(inputs), [out], dict(attrs)))
-        self.g.outputs.append(out)
-        return out
 
 
 def _epilogue(r, kind: str, o: int):
@@ -100,7 +83,7 @@ def _qdense(net, x, n, xz, wz, bias, kind):
 
 def int8_graph(seed=0):
     """Every int8 conv / dense variant in one graph."""
-    net = _Int8Net("int8_ops", seed)
+    net = _Net("int8_ops", seed)
     x3 = _x(net, "x3", (1, 3, 13, 12), np.uint8)
     x70 = _x(net, "x70", (1, 70, 9, 11), np.int8)
     xw = _x(net, "xw", (1, 70, 6, 18), np.uint8)        # W >= 16: the 16-pixel interior pack path
@@ -130,18 +113,7 @@ def int8_graph(seed=0):
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """target -> (graph, feeds, module dir, manifest): the graph compiled once per target."""
-    cache = {}
-
-    def get(target):
-        if target not in cache:
-            _skip_without(target)
-            graph, feeds = int8_graph()
-            path = tmp_path_factory.mktemp(target) / "m"
-            module = _compile(graph, target, path)
-            cache[target] = (graph, feeds, path, module.manifest)
-        return cache[target]
-
-    return get
+    return compiled_per_target(tmp_path_factory, lambda target: int8_graph())
 
 
 @pytest.mark.parametrize("target", list(ARM))
@@ -170,23 +142,11 @@ def test_int8_dot_kernels_are_selected(target, built):
         assert sum(r["config"]["lane_over"] != "c" for r in layers) == len(LANE_OVER_SDOT)
 
 
-def _mnemonics(module_dir, target):
-    exe = shutil.which("llvm-objdump")
-    if exe is None:
-        pytest.skip("llvm-objdump is not installed (apt-get install llvm)")
-    objs = sorted(p for p in (module_dir / "objects").glob("kernel_*.o") if DOT_KERNELS.match(p.name))
-    assert len(objs) >= 2, [p.name for p in (module_dir / "objects").iterdir()]
-    mattr = ["--mattr=+dotprod"] if target == "rpi5" else []
-    text = subprocess.run([exe, "-d", "--no-show-raw-insn"] + mattr + [str(p) for p in objs],
-                          capture_output=True, text=True, check=True).stdout
-    return set(re.findall(r"^\s+[0-9a-f]+:\s+([a-z][a-z0-9.]*)", text, re.M))
-
-
 @pytest.mark.parametrize("target", list(ARM))
 def test_int8_dot_kernels_use_the_intended_instructions(target, built):
     _, _, path, _ = built(target)
     _, must, must_not = ARM[target]
-    ops = _mnemonics(path, target)
+    ops = kernel_mnemonics(path, DOT_KERNELS, 2, mattr="+dotprod" if target == "rpi5" else None)
     assert must <= ops, f"{target}: missing {sorted(must - ops)} in the int8 dot kernels"
     assert not must_not & ops, f"{target}: unexpected {sorted(must_not & ops)}"
 

@@ -12,8 +12,6 @@ requantization), so a target costs one compile and one emulated run (2 threads).
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -22,8 +20,9 @@ from lowering_helpers import single_node_graph
 from qcompiler.codegen.lower import workload_of
 from qcompiler.schedules.select import select
 from qcompiler.targets import get_target
-from test_kernels_cross import _compile, _run_and_compare, _skip_without
-from test_kernels_int8_arm import _epilogue, _Int8Net, _x
+from test_kernels_cross import (_compile, _Net, _run_and_compare, _skip_without, compiled_per_target,
+                                kernel_mnemonics)
+from test_kernels_int8_arm import _epilogue, _x
 
 pytest.importorskip("tvm")
 
@@ -52,7 +51,7 @@ CASES = [
 
 def dw_graph(seed=0):
     """Every depthwise variant in one graph."""
-    net = _Int8Net("int8_dw", seed)
+    net = _Net("int8_dw", seed)
     r = net.rng
     for i, (xs, xdt, mult, st, pads, dil, xz, wz, bias, kind) in enumerate(CASES):
         x = _x(net, f"x{i}", xs, xdt)
@@ -69,18 +68,7 @@ def dw_graph(seed=0):
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """target -> (graph, feeds, module dir, manifest): the graph compiled once per target."""
-    cache = {}
-
-    def get(target):
-        if target not in cache:
-            _skip_without(target)
-            graph, feeds = dw_graph()
-            path = tmp_path_factory.mktemp(target) / "m"
-            module = _compile(graph, target, path)
-            cache[target] = (graph, feeds, path, module.manifest)
-        return cache[target]
-
-    return get
+    return compiled_per_target(tmp_path_factory, lambda target: dw_graph())
 
 
 @pytest.mark.parametrize("target", list(ARM))
@@ -100,23 +88,12 @@ def test_int8_depthwise_kernel_is_selected(target, built):
         assert rec["config"]["operands"] == "int16", rec
 
 
-def _mnemonics(module_dir):
-    exe = shutil.which("llvm-objdump")
-    if exe is None:
-        pytest.skip("llvm-objdump is not installed (apt-get install llvm)")
-    objs = sorted(p for p in (module_dir / "objects").glob("kernel_*.o") if DW_KERNELS.match(p.name))
-    assert len(objs) == len(CASES), [p.name for p in (module_dir / "objects").iterdir()]
-    text = subprocess.run([exe, "-d", "--no-show-raw-insn"] + [str(p) for p in objs],
-                          capture_output=True, text=True, check=True).stdout
-    return set(re.findall(r"^\s+[0-9a-f]+:\s+([a-z][a-z0-9.]*)", text, re.M))
-
-
 @pytest.mark.parametrize("target", list(ARM))
 def test_int8_depthwise_uses_the_widening_multiply_accumulate(target, built):
     """int16 x int16 -> int32 multiply-accumulate, not int32 multiplies (mla / vmla.i32)."""
     _, _, path, _ = built(target)
     must, must_not = ARM[target]
-    ops = _mnemonics(path)
+    ops = kernel_mnemonics(path, DW_KERNELS, len(CASES), len(CASES))
     assert must <= ops, f"{target}: missing {sorted(must - ops)} in the int8 depthwise kernels"
     assert not must_not & ops, f"{target}: unexpected {sorted(must_not & ops)}"
 

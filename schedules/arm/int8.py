@@ -64,8 +64,7 @@ from typing import Dict
 from qcompiler.errors import UnsupportedError
 
 from .. import compute_int8_fast as F
-from ..impls import register
-from ..kernel import KernelImpl, Workload, ceil_div
+from ..kernel import Workload, ceil_div
 
 ISAS: Dict[str, F.DotIsa] = {
     "sdot": F.DotIsa("sdot", "s8s8", 4, "llvm.aarch64.neon.sdot"),
@@ -93,13 +92,6 @@ def isa_for(wl: Workload, target) -> str:
     return "smlal"
 
 
-def _isa(cfg: dict) -> F.DotIsa:
-    try:
-        return ISAS[cfg["isa"]]
-    except KeyError:
-        raise UnsupportedError(f"unknown ARM int8 dot ISA {cfg.get('isa')!r}; known: {sorted(ISAS)}") from None
-
-
 def default_config(wl: Workload, target) -> dict:
     name = isa_for(wl, target)
     isa = ISAS[name]
@@ -120,14 +112,6 @@ def default_config(wl: Workload, target) -> dict:
     return {"isa": name, "tile_p": tile_p, "vectors": vectors, "parallel": True, "lane_over": lanes_over}
 
 
-def plan(wl: Workload, cfg: dict):
-    return F.plan(wl, cfg, _isa(cfg))
-
-
-def compute(wl: Workload, plan_, cfg: dict):
-    return F.compute(wl, plan_, cfg, _isa(cfg))
-
-
 def schedule(sch, stages, wl: Workload, target, cfg: dict) -> None:
     """The tiling lives in the generated TIR; here only the ISA is checked against the target."""
     features, arches = NEEDS[cfg["isa"]]
@@ -137,6 +121,4 @@ def schedule(sch, stages, wl: Workload, target, cfg: dict) -> None:
                                f"target {target.name!r} is {target.arch} with features {sorted(target.features)}")
 
 
-for _kind, _doc in (("qconv2d_dot", "int8 conv, dot-product register tile (sdot / smlal)"),
-                    ("qdense_dot", "int8 dense, dot-product register tile (sdot / smlal)")):
-    register(KernelImpl(f"{_kind}__arm", plan, compute, schedule, default_config, _doc), _kind, "arm")
+F.register_dot_kernels("arm", ISAS, schedule, default_config, "sdot / smlal", isa_label="ARM ")

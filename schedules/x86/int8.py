@@ -83,8 +83,7 @@ from typing import Dict
 from qcompiler.errors import UnsupportedError
 
 from .. import compute_int8_fast as F
-from ..impls import register
-from ..kernel import KernelImpl, Workload, ceil_div
+from ..kernel import Workload, ceil_div
 
 ISAS: Dict[str, F.DotIsa] = {
     "vnni512": F.DotIsa("vnni512", "u8s8", 16, "llvm.x86.avx512.vpdpbusd.512"),
@@ -111,13 +110,6 @@ def isa_for(wl: Workload, target) -> str:
     raise UnsupportedError(f"target {target.name!r} has neither AVX2 nor AVX-512 for the int8 dot kernel")
 
 
-def _isa(cfg: dict) -> F.DotIsa:
-    try:
-        return ISAS[cfg["isa"]]
-    except KeyError:
-        raise UnsupportedError(f"unknown int8 dot ISA {cfg.get('isa')!r}; known: {sorted(ISAS)}") from None
-
-
 def default_config(wl: Workload, target) -> dict:
     name = isa_for(wl, target)
     isa = ISAS[name]
@@ -141,14 +133,6 @@ def default_config(wl: Workload, target) -> dict:
     return {"isa": name, "tile_p": tile_p, "vectors": vectors, "parallel": True, "lane_over": lanes_over}
 
 
-def plan(wl: Workload, cfg: dict):
-    return F.plan(wl, cfg, _isa(cfg))
-
-
-def compute(wl: Workload, plan_, cfg: dict):
-    return F.compute(wl, plan_, cfg, _isa(cfg))
-
-
 def schedule(sch, stages, wl: Workload, target, cfg: dict) -> None:
     """The tiling lives in the generated TIR; here only the ISA is checked against the target."""
     missing = [f for f in NEEDS[cfg["isa"]] if not target.has(f)]
@@ -157,6 +141,4 @@ def schedule(sch, stages, wl: Workload, target, cfg: dict) -> None:
                                f"target {target.name!r} lacks")
 
 
-for _kind, _doc in (("qconv2d_dot", "int8 conv, dot-product register tile (vpdpbusd / vpmaddwd)"),
-                    ("qdense_dot", "int8 dense, dot-product register tile (vpdpbusd / vpmaddwd)")):
-    register(KernelImpl(f"{_kind}__x86", plan, compute, schedule, default_config, _doc), _kind, "x86")
+F.register_dot_kernels("x86", ISAS, schedule, default_config, "vpdpbusd / vpmaddwd")

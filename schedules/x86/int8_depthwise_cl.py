@@ -72,7 +72,7 @@ from qcompiler.errors import ConfigError, UnsupportedError
 from .. import compute_int8_fast as F
 from ..impls import register
 from ..kernel import Arg, KernelImpl, Plan, Stages, TensorSpec, Workload, ceil_div
-from ..compute_int8_depthwise import DwShape, dw_shape
+from ..compute_int8_depthwise import DwShape, dw_shape, epilogue_and_bias, extern_stages, weights_plan
 
 
 @dataclass(frozen=True)
@@ -158,21 +158,15 @@ def pack_weights(w: np.ndarray, s: DwShape, vnni: bool) -> np.ndarray:
 
 def plan(wl: Workload, cfg: dict) -> Plan:
     s = dw_shape(wl)
-    args = [Arg("input", 0, wl.inputs[0]),
-            Arg("const", 1, TensorSpec((s.kh, s.kw, s.o), "int32", True),
-                f"dwcl_z{s.w_zero_point}_{'pair' if cfg['vnni'] else 'i32'}",
-                lambda ins, s=s, v=bool(cfg["vnni"]): pack_weights(ins[1], s, v))]
-    args += [Arg("input", i, spec) for i, spec in enumerate(wl.inputs) if i >= 2 and spec is not None]
-    args.append(Arg("output", 0, wl.outputs[0]))
-    return Plan(tuple(args))
+    return weights_plan(wl, Arg("const", 1, TensorSpec((s.kh, s.kw, s.o), "int32", True),
+                                f"dwcl_z{s.w_zero_point}_{'pair' if cfg['vnni'] else 'i32'}",
+                                lambda ins, s=s, v=bool(cfg["vnni"]): pack_weights(ins[1], s, v)))
 
 
 def _kernel(wl: Workload, plan_: Plan, s: DwShape, dc: ClConfig):
     from tvm import tirx
     from tvm.script import tirx as T
     from tvm.script.ir_builder import IRBuilder
-
-    from ..compute_int8 import make_epilogue
 
     L = dc.lanes
     why = supported(s, L)
@@ -195,9 +189,7 @@ def _kernel(wl: Workload, plan_: Plan, s: DwShape, dc: ClConfig):
               if not (y_lo <= r - s.pt < y_hi and x_lo <= c - s.pl < x_hi)]
 
     def fcompute(ins, outs):
-        by_pos = {pos: ins[k] for k, pos in enumerate(p for p, a in enumerate(plan_.args) if a.kind != "output")}
-        epi = make_epilogue(wl, plan_, by_pos)
-        bias = next((by_pos[p] for p, a in enumerate(plan_.args) if a.kind == "input" and a.index == 2), None)
+        epi, bias = epilogue_and_bias(wl, plan_, ins)
         x, wt = ins[0], ins[1]
         loop = T.parallel if dc.parallel else T.serial
         with IRBuilder() as ib, loop(0, n_jobs) as job:
@@ -275,16 +267,7 @@ def _kernel(wl: Workload, plan_: Plan, s: DwShape, dc: ClConfig):
 
 
 def compute(wl: Workload, plan_: Plan, cfg: dict) -> Stages:
-    from tvm import te
-
-    s = dw_shape(wl)
-    dc = ClConfig.of(cfg)
-    ph = {pos: te.placeholder(a.spec.shape, a.spec.dtype, name=f"arg{pos}")
-          for pos, a in enumerate(plan_.args) if a.kind != "output"}
-    inputs = [ph[pos] for pos in sorted(ph)]
-    out = te.extern(wl.outputs[0].shape, inputs, _kernel(wl, plan_, s, dc), name="dwcl", dtype=wl.outputs[0].dtype)
-    args = [ph[pos] if a.kind != "output" else out for pos, a in enumerate(plan_.args)]
-    return Stages(args, {"out": out})
+    return extern_stages(wl, plan_, _kernel(wl, plan_, dw_shape(wl), ClConfig.of(cfg)), "dwcl")
 
 
 def default_lanes(target) -> int:
