@@ -87,3 +87,38 @@ def test_compile_hints_at_narrow_words(caplog):
         _hint_word_bits(q32, resolve("rpi3-armv7"))
         _hint_word_bits(q64, resolve("x86-avx2"))
     assert caplog.text == ""
+
+
+
+def _cnn_onnx(path):
+    """A small float CNN as an ONNX file (what the CLI reads)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(rng.normal(size=s).astype(np.float32), n)
+             for n, s in (("w1", (16, 3, 3, 3)), ("w2", (16, 16, 3, 3)), ("wd", (16, 10)))]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("GlobalAveragePool", ["r2"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "wd"], ["y"])]
+    graph = helper.make_graph(nodes, "cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 9, 7])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def test_cli_compile_quantizes_for_its_target(tmp_path):
+    """``qcompiler compile --target`` packs low-bit layers in that target's words."""
+    import argparse
+
+    from qcompiler.commands.compile import build_graph
+
+    _cnn_onnx(tmp_path / "cnn.onnx")
+    args = argparse.Namespace(model=str(tmp_path / "cnn.onnx"), input_shape=[], wbits=1, abits=1,
+                              per_tensor=False, method="minmax", calib=None, target="rpi3-armv7")
+    assert _word_dtypes(build_graph(args)) == {"uint32"}
+    args.target = "x86-avx2"
+    assert _word_dtypes(build_graph(args)) == {"uint64"}

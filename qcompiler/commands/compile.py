@@ -37,7 +37,8 @@ def build_graph(args):
     cfg = qc.QuantConfig(weights=wbits, activations=abits, per_channel=not args.per_tensor,
                          calibration=args.method)
     batches = load_npz_batches(args.calib) if args.calib else None
-    return qc.quantize(graph, cfg, calibration=batches)
+    # the compile target is known here: low-bit layers get its packing word width
+    return qc.quantize(graph, cfg, calibration=batches, target=args.target)
 
 
 def run(args):
