@@ -31,3 +31,19 @@ def test_quantize_command_errors(tmp_path, capsys):
     np.savez(tmp_path / "bad.npz", image=np.zeros((1, 2, 3, 16, 16), np.float32))
     assert main(["quantize", str(model), "--calib", str(tmp_path / "bad.npz"), "-o", str(tmp_path / "q.qir")]) == 1
     assert "missing ['input']" in capsys.readouterr().err
+
+
+def test_quantize_command_packs_for_target(tmp_path, capsys):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(small_cnn_onnx())
+    words = {}
+    for target in (None, "x86-avx2"):
+        out = tmp_path / f"q_{target}.qir"
+        argv = ["quantize", str(model), "--wbits", "1", "--abits", "1", "-o", str(out)]
+        assert main(argv + (["--target", target] if target else [])) == 0
+        q = load(out)
+        words[target] = {q.value(n.inputs[1]).dtype for n in q.nodes if n.op in ("BinaryConv2d", "BinaryDense")}
+    assert words == {None: {"uint32"}, "x86-avx2": {"uint64"}}
+    assert main(["quantize", str(model), "--wbits", "1", "--abits", "1", "--target", "z80",
+                 "-o", str(tmp_path / "q.qir")]) == 1
+    assert "z80" in capsys.readouterr().err

@@ -24,6 +24,10 @@ def add_arguments(p):
                    help="weight bits of the first and last layers")
     g.add_argument("--mode", default="static", choices=["static", "dynamic", "float16"],
                    help="static (calibrated integer), dynamic (weights only) or float16")
+    g.add_argument("--target", default=None,
+                   help="the target the .qir will be compiled for: binary/bitserial layers are packed in its "
+                        "word width (64-bit on x86-64/aarch64/riscv64); default 32-bit words, which every "
+                        "target runs")
     g.add_argument("--fold-qdq", action="store_true",
                    help="the model is already quantized (QDQ/QLinear): fold it into integer ops instead")
     p.add_argument("-o", "--output", required=True, help=".qir file to write")
@@ -59,7 +63,7 @@ def run(args):
     else:
         cfg = config_from_args(args)
         batches = load_npz_batches(args.calib) if args.calib else None
-        qgraph = qc.quantize(graph, cfg, calibration=batches)
+        qgraph = qc.quantize(graph, cfg, calibration=batches, target=args.target)
     save(qgraph, args.output)
     ops = {}
     for n in qgraph.nodes:
