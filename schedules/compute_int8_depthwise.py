@@ -36,45 +36,9 @@ from qcompiler.errors import ConfigError, UnsupportedError
 from . import compute_int8_fast as F
 from .kernel import Arg, Plan, Stages, TensorSpec, Workload, ceil_div
 
-@dataclass(frozen=True)
-class DwShape:
-    n: int
-    c: int
-    h: int
-    w: int
-    o: int
-    kh: int
-    kw: int
-    sh: int
-    sw: int
-    dh: int
-    dw: int
-    pt: int
-    pl: int
-    oh: int
-    ow: int
-    x_dtype: str
-    x_zero_point: int
-    w_zero_point: int
-
-    @property
-    def mult(self) -> int:
-        return self.o // self.c
-
-    @property
-    def rows(self) -> int:
-        """Padded input rows the conv reads."""
-        return (self.oh - 1) * self.sh + (self.kh - 1) * self.dh + 1
-
-
-def dw_shape(wl: Workload) -> DwShape:
-    x, w = wl.inputs[0], wl.inputs[1]
-    n, c, h, wd = x.shape
-    o, _, kh, kw = w.shape
-    st, dl, pads = wl.attr("strides"), wl.attr("dilations"), wl.attr("pads")
-    oh, ow = wl.outputs[0].shape[2:]
-    return DwShape(n, c, h, wd, o, kh, kw, st[0], st[1], dl[0], dl[1], pads[0], pads[1], oh, ow, x.dtype,
-                   int(wl.attr("x_zero_point", 0)), int(wl.attr("w_zero_point", 0)))
+#: the conv in kernel terms: ``compute_int8_fast.DotShape`` (groups = C, ``og`` the channel multiplier)
+DwShape = F.DotShape
+dw_shape = F.dot_shape
 
 
 #: packed row / weight dtypes: |x - zp| and |w - zp| <= 255 fit both
@@ -212,7 +176,7 @@ def _kernel(wl: Workload, plan_: Plan, s: DwShape, dc: DwConfig):
                     with T.Then():
                         nn = T.bind(chan // s.o)
                         oc = T.bind(chan % s.o)
-                        ci = T.bind(oc // s.mult)
+                        ci = T.bind(oc // s.og)
                         xrow0 = (nn * s.c + ci) * s.h
                         # -- pack: rows x phases, interior columns `L` at a time, borders one by one
                         for ph in range(sw):

@@ -263,9 +263,10 @@ def blocking(s: DotShape, isa: DotIsa, fc: FastConfig) -> Blocking:
 
 def check_supported(s: DotShape, isa: DotIsa) -> None:
     if isa.bytes and s.w_zero_point != 0:
-        raise UnsupportedError(f"the {isa.scheme} byte dot-product kernel needs symmetric weights (w_zero_point 0)")
+        raise UnsupportedError(f"{'QDense' if s.dense else 'QConv2d'}: the {isa.name} ({isa.scheme}) byte "
+                               f"dot-product kernel needs symmetric weights, got w_zero_point {s.w_zero_point}")
     if s.c % s.groups or s.o % s.groups:
-        raise UnsupportedError(f"channels {s.c}->{s.o} are not divisible by groups {s.groups}")
+        raise UnsupportedError(f"QConv2d int8 dot kernel: channels {s.c}->{s.o} are not divisible by groups {s.groups}")
 
 
 def reduction_steps(s: DotShape, isa: DotIsa, lanes_over: str) -> int:
@@ -289,16 +290,12 @@ def default_lane_over(s: DotShape, isa: DotIsa) -> str:
     return min(candidates, key=lambda lo: reduction_steps(s, isa, lo))
 
 
-def x_zero_unsigned(s: DotShape) -> int:
-    """The activation zero point in the kernel's activation domain (u8s8: unsigned bytes)."""
-    return s.x_zero_point + (128 if s.x_dtype == "int8" else 0)
-
-
 def x_zero_domain(s: DotShape, isa: DotIsa) -> int:
-    """The activation zero point in ``isa``'s activation domain (byte schemes; padded pixels hold it)."""
+    """The activation zero point in ``isa``'s activation domain (byte schemes: signed / unsigned
+    bytes; padded pixels hold it)."""
     if isa.scheme == "s8s8":
         return s.x_zero_point - (128 if s.x_dtype == "uint8" else 0)
-    return x_zero_unsigned(s)
+    return s.x_zero_point + (128 if s.x_dtype == "int8" else 0)
 
 
 # -- compile-time constants ------------------------------------------------------------------------
@@ -516,9 +513,6 @@ def _pack_conv(s: DotShape, isa: DotIsa, b: Blocking, fc: FastConfig):
     pad_val = x_zero_domain(s, isa) if isa.bytes else 0
     xd = isa.x_dtype
 
-    def conv_elem(v, lanes: int):
-        return _x_domain(v, s, isa, lanes)
-
     def fcompute(ins, outs):
         x = ins[0]
         loop = T.parallel if fc.parallel else T.serial
@@ -547,8 +541,8 @@ def _pack_conv(s: DotShape, isa: DotIsa, b: Blocking, fc: FastConfig):
                                 with T.Then():
                                     for e in range(g):
                                         ch = cb * g + e
-                                        val = conv_elem(x[nn, tirx.min(gi * s.cg + ch, s.c - 1), yin,
-                                                          tirx.max(tirx.min(xin, s.w - 1), 0)], 1)
+                                        val = _x_domain(x[nn, tirx.min(gi * s.cg + ch, s.c - 1), yin,
+                                                          tirx.max(tirx.min(xin, s.w - 1), 0)], s, isa, 1)
                                         val = tirx.Select(ch < s.cg, val, tirx.const(0, xd))
                                         val = tirx.Select(is_pad, tirx.const(pad_val, xd), val)
                                         T.buffer_store(xw, val, [row0 + col * g + e])
@@ -562,7 +556,7 @@ def _pack_conv(s: DotShape, isa: DotIsa, b: Blocking, fc: FastConfig):
                                     ch = cb * g + e
                                     v = x.vload([nn, tirx.min(gi * s.cg + ch, s.c - 1), yin, x0],
                                                 f"{s.x_dtype}x{chunk}")
-                                    v = conv_elem(v, chunk)
+                                    v = _x_domain(v, s, isa, chunk)
                                     zero = tirx.Broadcast(tirx.const(0, xd), chunk)
                                     vecs.append(tirx.Select(tirx.Broadcast(ch < s.cg, chunk), v, zero))
                                 idx = [e * chunk + i for i in range(chunk) for e in range(g)]
@@ -719,30 +713,15 @@ def _pack_dense(s: DotShape, isa: DotIsa, b: Blocking, fc: FastConfig):
     vec = 32
     xd = isa.x_dtype
 
-    def conv_vec(v):
-        if isa.scheme == "s8s8":
-            return _to_signed_bytes(v, s, vec)
-        if isa.scheme == "u8s8":
-            return tirx.reinterpret(f"uint8x{vec}", v) ^ tirx.Broadcast(tirx.const(128, "uint8"), vec) \
-                if s.x_dtype == "int8" else v
-        return v.astype(f"int16x{vec}") - tirx.Broadcast(tirx.const(s.x_zero_point, "int16"), vec)
-
-    def conv_scalar(v):
-        if isa.scheme == "s8s8":
-            return _to_signed_bytes(v, s, 1)
-        if isa.scheme == "u8s8":
-            return (v.astype("int32") + 128).astype("uint8") if s.x_dtype == "int8" else v
-        return (v.astype("int32") - s.x_zero_point).astype("int16")
-
     def fcompute(ins, outs):
         with IRBuilder() as ib, T.serial(0, s.n) as m:
             x = _flat(ins[0])
             xw = _flat(outs[0])
             with T.serial(0, s.c // vec) as ci:
-                T.buffer_store(xw, conv_vec(x.vload([m * s.c + ci * vec], f"{s.x_dtype}x{vec}")),
+                T.buffer_store(xw, _x_domain(x.vload([m * s.c + ci * vec], f"{s.x_dtype}x{vec}"), s, isa, vec),
                                [tirx.Ramp(m * kp + ci * vec, 1, vec)])
             with T.serial(s.c // vec * vec, kp) as k:
-                val = conv_scalar(x[m * s.c + tirx.min(k, s.c - 1)])
+                val = _x_domain(x[m * s.c + tirx.min(k, s.c - 1)], s, isa, 1)
                 T.buffer_store(xw, tirx.Select(k < s.c, val, tirx.const(0, xd)), [m * kp + k])
         return ib.get()
 

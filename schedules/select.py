@@ -177,11 +177,8 @@ RULES: List[Rule] = [
          "vpdpwssd taps): channels in int32 lanes, NCHW transposed in the pack and the store "
          "(schedules/x86/int8_depthwise_cl.py); VNNI: 960x7x7 s1 2.1x, 576x14x14 s2 1.6x, s1 1.2x the "
          "row kernel; AVX2: 1.4x / 1.2x / 0.94x (so AVX2 stops at 8x8)"),
-    Rule("qdepthwise_rows", all_of(op_is("QConv2d"),
-                                   any_of(all_of(family("x86"), has_feature("avx2")),
-                                          all_of(family("arm"), has_feature("neon"))),
-                                   rank(0, 4), in_dtype(0, *QUANT8), in_dtype(1, "int8"), int8_epilogue,
-                                   const_input(1), depthwise),
+    Rule("qdepthwise_rows", all_of(op_is("QConv2d"), DOT_ISA, rank(0, 4), in_dtype(0, *QUANT8),
+                                   in_dtype(1, "int8"), int8_epilogue, const_input(1), depthwise),
          "int8 depthwise: output columns in int32 lanes over a zero-point-free padded copy of the "
          "channel, stride phases split (schedules/compute_int8_depthwise.py); x86 (int32 vpmulld) "
          "144x56x56 3x3: 2.9x (s1) / 5.6x (s2) the generic kernel, 1.3x / 1.2x onnxruntime int8; ARM "

@@ -107,9 +107,9 @@ def default_config(wl: Workload, target) -> dict:
             break
     tile_p = max(1, min(budget // (vectors * regs_per_vector), 12, s.pixels))
     # few input channels: sdot lanes over (kx, c) / the whole window (fewer steps, docstring);
-    # smlal has one element per lane, so every lane_over has the same steps: keep "c"
-    lanes_over = F.default_lane_over(s, isa) if isa.scheme == "s8s8" else "c"
-    return {"isa": name, "tile_p": tile_p, "vectors": vectors, "parallel": True, "lane_over": lanes_over}
+    # smlal has one element per lane, every lane_over ties, and ties go to "c"
+    return {"isa": name, "tile_p": tile_p, "vectors": vectors, "parallel": True,
+            "lane_over": F.default_lane_over(s, isa)}
 
 
 def schedule(sch, stages, wl: Workload, target, cfg: dict) -> None:

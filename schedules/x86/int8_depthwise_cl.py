@@ -108,11 +108,11 @@ JOBS = 8
 
 def supported(s: DwShape, lanes: int) -> str:
     """'' when the kernel handles the shape, else why not."""
-    if s.mult != 1:
-        return f"channel multiplier {s.mult} (only 1: one output channel per lane)"
+    if s.og != 1:
+        return f"channel multiplier {s.og} (only 1: one output channel per lane)"
     if s.c < lanes:
         return f"{s.c} channels, fewer than the {lanes} lanes"
-    if min(s.w, _cols(s) - s.pl) - max(0, -s.pl) < Q:
+    if min(s.w, s.cols - s.pl) - max(0, -s.pl) < Q:
         return f"input rows read narrower than {Q} pixels (input width {s.w})"
     return ""
 
@@ -141,11 +141,6 @@ def _out_pixels(s: DwShape, odt: str) -> int:
     return p
 
 
-def _cols(s: DwShape) -> int:
-    """Padded input columns the conv reads."""
-    return (s.ow - 1) * s.sw + (s.kw - 1) * s.dw + 1
-
-
 def pack_weights(w: np.ndarray, s: DwShape, vnni: bool) -> np.ndarray:
     """``w - w_zero_point`` as int32 ``[KH, KW, C]``: one tap's channels are one vector load. For
     ``vpdpwssd`` (int16 pairs: lo * lo + hi * hi) the high half is 0, so the activation's high half,
@@ -172,7 +167,7 @@ def _kernel(wl: Workload, plan_: Plan, s: DwShape, dc: ClConfig):
     why = supported(s, L)
     if why:
         raise UnsupportedError(f"QConv2d depthwise (channels in lanes): {why}")
-    rows, cols = s.rows, _cols(s)
+    rows, cols = s.rows, s.cols
     n_cb = ceil_div(s.c, L)
     blocks = s.n * n_cb
     per_job = ceil_div(blocks, JOBS)
