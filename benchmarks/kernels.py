@@ -27,6 +27,7 @@ Run: ``TVM_NUM_THREADS=1 python benchmarks/kernels.py [--lce-python /tmp/lcevenv
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -204,6 +205,9 @@ def _build_peer(tensors, target):
     return tvm.compile(_schedule_peer(tensors), target=target.tvm_target())
 
 
+# the A1W1, A2W2 and int8 tables share the peers' workloads (onnxruntime and LiteRT do not depend on
+# our bit widths): each peer workload is built and timed once per run
+@functools.lru_cache(maxsize=None)
 def ort_conv(c, h, w, o, int8, group=1, stride=1):
     from onnx import TensorProto, helper
     rng = np.random.default_rng(0)
@@ -225,6 +229,7 @@ def ort_conv(c, h, w, o, int8, group=1, stride=1):
     return _ort_ms(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), x)
 
 
+@functools.lru_cache(maxsize=None)
 def ort_dense(m, kk, n, int8):
     from onnx import TensorProto, helper
     rng = np.random.default_rng(0)
@@ -374,6 +379,7 @@ def _ms(v, width):
     return f"{v:{width}.4f}" if v else f"{'wrong':>{width}s}"
 
 
+@functools.lru_cache(maxsize=None)
 def _litert_ms(kind, *shape):
     """LiteRT int8 (XNNPACK) peer time (benchmarks/peers_litert.py), or None: not installed, or
     refused (reported) because its output does not match numpy."""

@@ -17,7 +17,7 @@ import pytest
 import native_testnet as nt
 from qcompiler.codegen.package import build_module
 from qcompiler.errors import ConfigError, ModelError, RuntimeInputError
-from qcompiler.runtime.loader import load
+from qcompiler.runtime.loader import QC_ERR_BUSY, load
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
@@ -386,7 +386,7 @@ def test_c_entry_point_refuses_overlapping_runs(exported):
         args = ((P * 1)(x.ctypes.data), (S * 1)(1024), (P * 2)(*[o.ctypes.data for o in outs]), (S * 2)(512, 2048))
         for _ in range(40):
             rc = run(handle, 1, args[0], args[1], 2, args[2], args[3])
-            if rc == 7:
+            if rc == QC_ERR_BUSY:
                 busy.append(net._fn["last_error"](None).decode())
                 continue
             results.append(rc)
@@ -399,6 +399,8 @@ def test_c_entry_point_refuses_overlapping_runs(exported):
     _start_and_join([threading.Thread(target=work, args=(s,)) for s in (31, 32)])
     assert results and all(r == 0 for r in results), [r for r in results if r != 0][:3]
     assert all("already running in another thread" in m for m in busy)
+    from qcompiler.codegen.aot import ERROR_CODES     # the loader's copy of the code is the header's
+    assert ("QC_ERR_BUSY", QC_ERR_BUSY) in [(n, v) for n, v, _ in ERROR_CODES]
 
 
 def test_close_waits_for_a_run_in_progress(exported):

@@ -13,10 +13,7 @@ def cnn():
     return qc.from_onnx(small_cnn_onnx())
 
 
-_rel_err = logits_rel_err
-
-
 def test_float16_mode(cnn):
     q = quantize(cnn, QuantConfig(mode="float16"))
     assert sum(v.dtype == "float16" for v in q.values.values() if v.is_const) == 8
-    assert _rel_err(cnn, q) < 1e-2
+    assert logits_rel_err(cnn, q) < 1e-2

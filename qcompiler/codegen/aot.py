@@ -497,11 +497,12 @@ int {P}run({T}* m, int n_inputs, const void* const* inputs, const size_t* input_
      * exist only in the parent */
     __atomic_store_n(&m->busy, 0, __ATOMIC_RELAXED);
     if (qc_rt_pool_renew_after_fork(&m->pool) != 0)
-      return qc_fail(m->error, QC_ERR_THREADS, "cannot start the thread pool in this (forked) process");
+      return qc_fail(m->error, QC_ERR_THREADS, "cannot start the thread pool in this (forked) "
+                     "process; create the model here, or with 1 thread (which needs no pool threads)");
   }}
   if (__atomic_exchange_n(&m->busy, 1, __ATOMIC_ACQUIRE))
     return qc_fail(qc_create_error, QC_ERR_BUSY, "model \\"%s\\" is already running in another thread: a model "
-                   "runs for one caller at a time", "{name}");
+                   "runs for one caller at a time; use one model per thread, or a lock", "{name}");
   rc = qc_run_owned(m, n_inputs, inputs, input_nbytes, n_outputs, outputs, output_nbytes);
   __atomic_store_n(&m->busy, 0, __ATOMIC_RELEASE);
   return rc;
