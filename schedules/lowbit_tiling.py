@@ -338,8 +338,8 @@ def schedule_dense(wl: LowbitDenseWorkload, cfg: LowbitConfig, weights, epilogue
     from tvm import te, s_tir
 
     cfg = fit_config(cfg, wl)
-    ov = cfg.lanes * cfg.o_vectors
-    st = lowbit_dense_compute(wl, ov, cfg.spatial_tile)
+    ov = cfg.channel_block
+    st = lowbit_dense_compute(wl, ov, cfg.pixel_tile)
     consts = prepare_dense_constants(wl, ov, weights, epilogue_inputs)
     sch = s_tir.Schedule(te.create_prim_func(st.params))
     apply_dense_schedule(sch, wl, cfg, xsum="xsum" if "xsum" in st.extra else None)

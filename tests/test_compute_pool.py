@@ -41,7 +41,8 @@ def test_dilated_pool_takes_the_template(tmp_path):
 
 @pytest.mark.parametrize("target", ["rpi4", "rpi3-armv7", "riscv64-rvv"])
 def test_maxpool_rows_and_bitpack_pixels_bit_exact_under_qemu(target, tmp_path):
-    """Both TIR kernels (this file's and compute_bitpack's) cross-compiled and run under qemu-user."""
+    """The TIR kernels (this file's max and average pools, compute_bitpack's in 32- and 64-bit words)
+    cross-compiled and run under qemu-user."""
     import shutil
 
     import qcompiler as qc
@@ -63,7 +64,10 @@ def test_maxpool_rows_and_bitpack_pixels_bit_exact_under_qemu(target, tmp_path):
     g.add_const("thr", thr)
     nodes = [("MaxPool", ["x"], dict(kernel_shape=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1), dilations=(1, 1),
                                      ceil_mode=0, auto_pad="NOTSET", storage_order=0)),
-             ("BitPack", ["x", "thr"], dict(mode="sign", word_bits=32))]
+             ("BitPack", ["x", "thr"], dict(mode="sign", word_bits=32)),
+             ("AveragePool", ["x"], dict(kernel_shape=(2, 2), strides=(2, 2), pads=(0, 0, 0, 0), dilations=(1, 1),
+                                         ceil_mode=0, count_include_pad=0, auto_pad="NOTSET")),
+             ("BitPack", ["x", "thr"], dict(mode="sign", word_bits=64))]     # two 32-bit halves per word
     for i, (op, ins, attrs) in enumerate(nodes):
         specs = [(g.values[n].shape, g.values[n].dtype, g.values[n].data) for n in ins]
         shape, dtype = infer_outputs(op, specs, attrs)[0]
@@ -71,14 +75,17 @@ def test_maxpool_rows_and_bitpack_pixels_bit_exact_under_qemu(target, tmp_path):
         g.add_node(Node(op, f"n{i}", ins, [f"y{i}"], attrs))
         g.outputs.append(f"y{i}")
     module = qc.compile(g, target=target)
-    impls = {layer["op"]: layer["impl"] for layer in module.manifest["layers"]}
-    assert impls["MaxPool"].startswith("maxpool2d_rows") and impls["BitPack"].startswith("bitpack_pixels"), impls
+    impls = {layer["node"]: layer["impl"] for layer in module.manifest["layers"]}
+    assert impls["n0"].startswith("maxpool2d_rows") and impls["n1"].startswith("bitpack_pixels"), impls
+    assert impls["n2"].startswith("avgpool2d_rows") and impls["n3"].startswith("bitpack_pixels"), impls
     path = module.export(str(tmp_path / "m"))
     loaded = qc.load(path, num_threads=2)
     got = loaded.run({"x": x})
     want = ref.run(g, {"x": x})
-    for name in g.outputs:
+    for name in ("y0", "y1", "y3"):
         np.testing.assert_array_equal(got[name], want[name])
+    # the average is bit-identical to the template's, not to the float64 reference (host test below)
+    np.testing.assert_allclose(got["y2"], want["y2"], rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("shape,k,s", [

@@ -163,9 +163,10 @@ def test_fused_kernels_bit_exact_natively(tmp_path):
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
 
 
-@pytest.mark.parametrize("target", ["rpi4", "riscv64"])
+@pytest.mark.parametrize("target", ["rpi4", "rpi3-armv7", "riscv64", "riscv64-rvv"])
 def test_fused_kernels_bit_exact_under_qemu(target, tmp_path):
-    """The same graph, smaller, cross-compiled and run under qemu-user (NEON / scalar rv64)."""
+    """The same graph, smaller, cross-compiled and run under qemu-user (NEON aarch64 / armv7,
+    scalar rv64, RVV)."""
     pytest.importorskip("tvm")
     from test_kernels_cross import _compile, _run_and_compare, _skip_without
 

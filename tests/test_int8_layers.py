@@ -4,6 +4,7 @@ import pytest
 import qcompiler as qc
 from qcompiler import ref
 from qcompiler.errors import ConfigError, UnsupportedError
+from qcompiler.passes.graph_edit import set_const
 from qcompiler.passes.int8_layers import int8_layers, int8_layers_calibrated
 
 from lowering_helpers import run_both
@@ -182,3 +183,21 @@ def test_int8_output_moves_the_max_pool_onto_integers(tmp_path):
     np.testing.assert_array_equal(got[q.outputs[0]], exp[q.outputs[0]])
     with pytest.raises(ConfigError, match="not among the layers"):
         int8_layers(g, [], {}, int8_outputs=[conv])
+
+
+
+def test_int8_output_of_a_graph_output_and_overflowing_weights_are_refused():
+    g, _ = _stem_net()
+    gemm = _names(g, "Gemm")[0]
+    flat = next(n for n in g.nodes if n.op == "Flatten").outputs[0]
+    one = (np.float32(-1), np.float32(1))
+    with pytest.raises(ConfigError, match="graph output keeps the float epilogue"):
+        int8_layers(g, [gemm], {flat: one, g.outputs[0]: one}, int8_outputs=[gemm])
+    # |acc| <= 255 * sum |w_q|: 70000 weights of code 127 pass 2^31 - 1
+    b = Builder()
+    x = b.input("x", (1, 70000))
+    g = b.done(b.gemm(x, 2))
+    w = next(n for n in g.nodes if n.op == "Gemm").inputs[1]
+    set_const(g, w, np.ones((2, 70000), np.float32))
+    with pytest.raises(UnsupportedError, match="int32 accumulator could overflow"):
+        int8_layers(g, _names(g, "Gemm"), {x: one})

@@ -35,12 +35,12 @@ from ..errors import ConfigError, UnsupportedError
 from ..ir import Graph, Node
 from ..quant.qparams import activation_qparams, weight_qparams
 from ..ref.ops.requant import quantize_multipliers
-from .graph_edit import add_const, add_value, drop_unused_values, weight_layout
+from .graph_edit import add_const, add_value, drop_unused_values, sole_consumer, weight_layout
+from .quantize_int8 import INT32_LIMIT
 
 log = logging.getLogger(__name__)
 
 Range = Tuple[np.ndarray, np.ndarray]
-INT32_LIMIT = (1 << 31) - 1
 
 
 def int8_layers(graph: Graph, layers: Sequence[str], ranges: Mapping[str, Range], *,
@@ -99,7 +99,9 @@ def _unsupported(g: Graph, node: Node) -> str:
     if node.op not in ("Conv", "Gemm", "MatMul") or weight_layout(g, node) is None:
         return f"{node.op} is not a weight layer with constant weights"
     x = g.values[node.inputs[0]]
-    if x.dtype != "float32" or len(node.outputs) != 1:
+    if len(node.outputs) != 1:
+        return f"{len(node.outputs)} outputs"
+    if x.dtype != "float32":
         return f"input is {x.dtype}, not float32"
     if len(x.shape) != (4 if node.op == "Conv" else 2):
         return f"input shape {list(x.shape)} (2-D convs and 2-D dense inputs only)"
@@ -107,17 +109,13 @@ def _unsupported(g: Graph, node: Node) -> str:
 
 
 def _rewrite(g: Graph, node: Node, ranges: Mapping[str, Range], per_channel: bool, int8_out: bool) -> None:
+    why = _unsupported(g, node)
+    if why:
+        raise UnsupportedError(f"int8_layers: node {node.name!r} cannot become an int8 layer: {why} "
+                               f"(int8_layers_calibrated keeps such layers float)")
     lay = weight_layout(g, node)
     x = node.inputs[0]
     xv = g.values[x]
-    if lay is None or len(node.outputs) != 1 or xv.dtype != "float32":
-        raise UnsupportedError(f"int8_layers: node {node.name!r} ({node.op}) is not a weight layer with "
-                               f"constant weights and a float32 input")
-    if lay["kind"] == "conv" and len(xv.shape) != 4:
-        raise UnsupportedError(f"int8_layers: node {node.name!r}: only 2-D convolutions (4-D input), "
-                               f"got input shape {list(xv.shape)}")
-    if lay["kind"] == "dense" and len(xv.shape) != 2:
-        raise UnsupportedError(f"int8_layers: dense node {node.name!r} needs a 2-D input, got {list(xv.shape)}")
     y = node.outputs[0]
     for v in [x] + ([y] if int8_out else []):
         if v not in ranges:
@@ -178,10 +176,8 @@ def _dequantize_after(g: Graph, layer: Node, y: str, qp) -> None:
     """``y`` (float) from the layer's int8 output: a MaxPool that is ``y``'s only reader runs on the
     integers first (max commutes with the increasing dequantization), then DequantizeLinear."""
     yq = layer.outputs[0]
-    readers = [n for n in g.nodes if y in n.inputs]
-    pool = readers[0] if len(readers) == 1 and readers[0].op == "MaxPool" and len(readers[0].outputs) == 1 \
-        and readers[0].inputs[0] == y and y not in g.outputs else None
-    if pool is not None:
+    pool = sole_consumer(g, y)
+    if pool is not None and pool.op == "MaxPool" and len(pool.outputs) == 1 and pool.inputs[0] == y:
         pooled = pool.outputs[0]
         pq = add_value(g, f"{pooled}_q8", g.values[pooled].shape, g.values[yq].dtype)
         pool.inputs = [yq] + pool.inputs[1:]

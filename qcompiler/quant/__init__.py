@@ -87,7 +87,11 @@ def _binary(graph: Graph, config: QuantConfig, word_bits: int, batches=None) -> 
     from ..passes.bitpack import bitpack
     from ..passes.fold_batchnorm import fold_batchnorm
     from ..passes.fuse_residual import fuse_residual
+    from .config import FLOAT_LAYER_BITS
 
+    if config.keep_first_last not in (None, 8, FLOAT_LAYER_BITS):   # before any pass runs
+        raise ConfigError(f"W1A1 keeps the first and last layers int8 (keep_first_last=8) or float "
+                          f"(keep_first_last={FLOAT_LAYER_BITS}), got keep_first_last={config.keep_first_last!r}")
     keep = config.keep_first_last is not None
     # A binary-trained net says where its sign activations are (STE patterns): binarize exactly
     # those layers and leave real-valued ones (e.g. Bi-Real shortcuts) alone. Only a graph with no
@@ -112,12 +116,8 @@ def _binary_ends(g: Graph, graph: Graph, config: QuantConfig, batches) -> Graph:
     1x1 shortcut convs)."""
     from ..passes.binarize import first_last_layers
     from ..passes.int8_layers import int8_layers_calibrated
-    from .config import FLOAT_LAYER_BITS
 
-    bits = config.keep_first_last
-    if bits not in (None, 8, FLOAT_LAYER_BITS):
-        raise ConfigError(f"W1A1 keeps the first and last layers int8 (keep_first_last=8) or float "
-                          f"(keep_first_last={FLOAT_LAYER_BITS}), got keep_first_last={bits!r}")
+    bits = config.keep_first_last            # None, 8 or FLOAT_LAYER_BITS (checked by _binary)
     real = [n.name for n in g.nodes if n.op in ("Conv", "Gemm", "MatMul")]
     ends = first_last_layers(graph) if bits is not None else set()
     names = sorted(n for n in real if (n in ends and bits == 8)
